@@ -1,0 +1,114 @@
+"""Impasto model files: network weights plus metadata, loaded without executing code."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from core.networks import build_network
+
+FORMAT = "impasto-model"
+FORMAT_VERSION = 1
+SUFFIX = ".impasto"
+
+
+class ModelFileError(Exception):
+    """A model file is missing, corrupt, unsafe or of an unknown format."""
+
+
+@dataclass
+class ModelInfo:
+    """What a model file says about itself."""
+
+    name: str
+    kind: str  # "style" or "sr"
+    arch: str  # "style" or "sr": the network to build
+    options: dict[str, Any] = field(default_factory=dict)  # network options, e.g. {"width": "compact"}
+    display_name: str = ""
+    description: str = ""
+    training: dict[str, Any] = field(default_factory=dict)  # command, settings, final losses
+    credit: str = ""  # style image: title, artist, licence
+    path: Path | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain metadata, as stored in the file and sent by the server."""
+        d = {k: v for k, v in self.__dict__.items() if k != "path"}
+        d["display_name"] = self.display_name or self.name
+        return d
+
+
+def save_model(path: str | Path, net: nn.Module, info: ModelInfo, half: bool = True) -> Path:
+    """Write a model file atomically; ``half`` stores weights as fp16 (half the size)."""
+    path = Path(path)
+    state = {
+        k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
+        for k, v in net.state_dict().items()
+    }
+    blob = {"format": FORMAT, "version": FORMAT_VERSION, "meta": info.to_dict(), "state_dict": state}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(blob, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _read(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ModelFileError(f"model file not found: {path}")
+    try:
+        # weights_only=True: a file that tries to run code is refused, never executed.
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ModelFileError(
+            f"{path.name} was refused: it contains code or objects other than weights "
+            f"(only Impasto model files are loaded; re-download or retrain it). Detail: {e}"
+        ) from None
+    except Exception as e:  # truncated zip, random bytes, ...
+        raise ModelFileError(
+            f"{path.name} is not a readable model file ({type(e).__name__}); "
+            "it may be truncated or corrupt: re-download or retrain it"
+        ) from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise ModelFileError(f"{path.name} is not an Impasto model file")
+    if blob.get("version", 0) > FORMAT_VERSION:
+        raise ModelFileError(f"{path.name} needs a newer Impasto (format {blob['version']})")
+    return blob
+
+
+def _info(path: Path, meta: dict[str, Any]) -> ModelInfo:
+    known = {k: meta[k] for k in ModelInfo.__dataclass_fields__ if k in meta and k != "path"}
+    try:
+        return ModelInfo(**known, path=path)
+    except TypeError as e:
+        raise ModelFileError(f"{path.name} has incomplete metadata: {e}") from None
+
+
+def read_info(path: str | Path) -> ModelInfo:
+    """Read only the metadata of a model file."""
+    path = Path(path)
+    return _info(path, _read(path)["meta"])
+
+
+def load_model(path: str | Path) -> tuple[nn.Module, ModelInfo]:
+    """Load a model file into an fp32 network in eval mode."""
+    path = Path(path)
+    blob = _read(path)
+    info = _info(path, blob["meta"])
+    try:
+        net = build_network(info.arch, **info.options)
+        net.load_state_dict({k: v.float() for k, v in blob["state_dict"].items()})
+    except (ValueError, TypeError, RuntimeError, KeyError) as e:
+        raise ModelFileError(f"{path.name} does not match its architecture: {e}") from None
+    return net.eval(), info

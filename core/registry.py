@@ -1,0 +1,58 @@
+"""Lists installed models: shipped ones in weights/ and the user's own in the user models folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import platformdirs
+
+from core.modelfile import SUFFIX, ModelFileError, ModelInfo, read_info
+
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "weights"
+MODELS_ENV = "IMPASTO_MODELS_DIR"
+
+
+class UnknownModelError(LookupError):
+    """No installed model has the requested name."""
+
+
+def user_models_dir() -> Path:
+    """Folder for user-trained models: $IMPASTO_MODELS_DIR, else the platform's user data dir."""
+    override = os.environ.get(MODELS_ENV)
+    return Path(override) if override else Path(platformdirs.user_data_dir("impasto")) / "models"
+
+
+def model_dirs() -> list[Path]:
+    """Folders searched for models, user folder first so a user's model can replace a shipped one."""
+    return [user_models_dir(), SHIPPED_DIR]
+
+
+def list_models(kind: str | None = None) -> list[ModelInfo]:
+    """Installed models sorted by name, optionally only one kind ("style" or "sr").
+
+    Unreadable files are skipped here (they surface with a clear error when asked for by name).
+    """
+    found: dict[str, ModelInfo] = {}
+    for folder in model_dirs():
+        for path in sorted(folder.glob(f"*{SUFFIX}")) if folder.is_dir() else []:
+            if path.stem in found:
+                continue
+            try:
+                info = read_info(path)
+            except ModelFileError:
+                continue
+            if kind is None or info.kind == kind:
+                found[path.stem] = info
+    return sorted(found.values(), key=lambda m: m.name)
+
+
+def find_model(name: str, kind: str | None = None) -> Path:
+    """Path of the installed model called ``name``; the error lists the known ones."""
+    for folder in model_dirs():
+        path = folder / f"{name}{SUFFIX}"
+        if path.is_file():
+            return path
+    known = ", ".join(m.name for m in list_models(kind)) or "none installed"
+    what = {"style": "style", "sr": "upscaling model"}.get(kind or "", "model")
+    raise UnknownModelError(f"unknown {what} {name!r}; known: {known}")
