@@ -30,7 +30,9 @@ class ModelInfo:
     name: str
     kind: str  # "style" or "sr"
     arch: str  # "style" or "sr": the network to build
-    options: dict[str, Any] = field(default_factory=dict)  # network options, e.g. {"width": "compact"}
+    options: dict[str, Any] = field(
+        default_factory=dict
+    )  # network options, e.g. {"width": "compact"}
     display_name: str = ""
     description: str = ""
     training: dict[str, Any] = field(default_factory=dict)  # command, settings, final losses
@@ -51,7 +53,12 @@ def save_model(path: str | Path, net: nn.Module, info: ModelInfo, half: bool = T
         k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
         for k, v in net.state_dict().items()
     }
-    blob = {"format": FORMAT, "version": FORMAT_VERSION, "meta": info.to_dict(), "state_dict": state}
+    blob = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "meta": info.to_dict(),
+        "state_dict": state,
+    }
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     os.close(fd)
@@ -71,9 +78,16 @@ def _read(path: Path) -> dict[str, Any]:
         # weights_only=True: a file that tries to run code is refused, never executed.
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
+        unsafe = [line for line in str(e).splitlines() if "Unsupported global" in line]
+        if unsafe:
+            raise ModelFileError(
+                f"{path.name} was refused: it asks to run code or build objects other than "
+                f"weights ({unsafe[0].strip()}); only trust model files from Impasto or your "
+                "own training runs"
+            ) from None
         raise ModelFileError(
-            f"{path.name} was refused: it contains code or objects other than weights "
-            f"(only Impasto model files are loaded; re-download or retrain it). Detail: {e}"
+            f"{path.name} is not a readable model file; it may be truncated or corrupt: "
+            "re-download or retrain it"
         ) from None
     except Exception as e:  # truncated zip, random bytes, ...
         raise ModelFileError(

@@ -35,7 +35,9 @@ class InstanceNorm(nn.Module):
             self.frozen = (mean, var)
         mean, var = self.frozen
         scale = self.weight[None, :, None, None] * torch.rsqrt(var + self.eps)
-        return (x - mean.to(x.dtype)) * scale.to(x.dtype) + self.bias[None, :, None, None].to(x.dtype)
+        return (x - mean.to(x.dtype)) * scale.to(x.dtype) + self.bias[None, :, None, None].to(
+            x.dtype
+        )
 
 
 class ConvLayer(nn.Sequential):
