@@ -1,0 +1,392 @@
+"""Client of the local Impasto server: finds or starts it, sends a job, reports progress, cancels.
+
+Standard library only: the GIMP plug-in imports this from GIMP's own Python (no torch, no numpy).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from core.connection import (
+    API,
+    PROTOCOL,
+    ConnectionInfo,
+    log_path,
+    pid_alive,
+    probe,
+    read_connection,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+LOG_KEEP = 1 << 20  # the log is rotated once it grows past this many bytes
+
+
+class ImpastoError(Exception):
+    """A job or the server failed; the message says what happened and what to do."""
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code  # the protocol's error code, e.g. "unknown_model"; "" for local failures
+
+
+class Cancelled(ImpastoError):
+    """The job was cancelled by the caller."""
+
+
+class _ServerGone(Exception):
+    """The connection broke: the server died or was restarted (the job may be retried once)."""
+
+
+# Failures that mean the server is not there (any more) rather than a refusal of the job.
+_GONE = (
+    ConnectionRefusedError,
+    ConnectionResetError,
+    ConnectionAbortedError,
+    BrokenPipeError,
+    http.client.RemoteDisconnected,
+    http.client.IncompleteRead,
+    _ServerGone,
+)
+
+
+class Client:
+    """Talks to the local server; starts it (``python -m core serve`` in ``repo``) when not running."""
+
+    def __init__(
+        self,
+        python: str | None = None,
+        repo: str | Path | None = None,
+        autostart: bool = True,
+        timeout: float = 60,
+    ) -> None:
+        self.python = python or sys.executable
+        self.repo = Path(repo) if repo else REPO
+        self.autostart = autostart
+        self.timeout = timeout
+        self._info: ConnectionInfo | None = None
+
+    # -- public API ---------------------------------------------------------------------------------
+
+    def health(self) -> dict:
+        """The server's status: version, protocol, pid, device, backend, jobs, limits."""
+        return self._get("/health")
+
+    def models(self, kind: str | None = None) -> list[dict]:
+        """Installed models (all, or "style" / "sr"), each with name, display_name, description..."""
+        query = f"?{urlencode({'kind': kind})}" if kind else ""
+        return self._get(f"{API}/models{query}")["models"]
+
+    def stylize(
+        self,
+        pixels: bytes,
+        width: int,
+        height: int,
+        channels: int,
+        model: str,
+        strength: float = 1.0,
+        preserve_colors: bool = False,
+        scale: float = 1.0,
+        progress: Callable[[float], None] | None = None,
+        cancel: threading.Event | None = None,
+        queued: Callable[[int], None] | None = None,
+    ) -> bytes:
+        """Stylize 8-bit interleaved pixels (1-4 channels); returns the same layout.
+
+        ``progress`` gets the fraction done, ``queued`` the number of jobs ahead while waiting.
+        """
+        params = {
+            "model": model,
+            "width": width,
+            "height": height,
+            "channels": channels,
+            "strength": strength,
+            "preserve_colors": int(bool(preserve_colors)),
+            "scale": scale,
+        }
+        return self._job("stylize", params, pixels, progress, cancel, queued)[0]
+
+    def upscale(
+        self,
+        pixels: bytes,
+        width: int,
+        height: int,
+        channels: int,
+        model: str,
+        progress: Callable[[float], None] | None = None,
+        cancel: threading.Event | None = None,
+        queued: Callable[[int], None] | None = None,
+    ) -> tuple[bytes, int, int]:
+        """Upscale 8-bit interleaved pixels x4; returns (pixels, new width, new height)."""
+        params = {"model": model, "width": width, "height": height, "channels": channels}
+        return self._job("upscale", params, pixels, progress, cancel, queued)
+
+    def shutdown(self) -> None:
+        """Ask a running server to exit (cancelling its jobs); nothing happens if none runs."""
+        info = read_connection()
+        if info is not None and probe(info, self.timeout):
+            self._call(info, "POST", "/shutdown")
+        self._info = None
+
+    # -- finding and starting the server ----------------------------------------------------------
+
+    def _server(self, fresh: bool = False) -> ConnectionInfo:
+        """Connection to a live server speaking our protocol, started if needed and allowed."""
+        if self._info is not None and not fresh:
+            return self._info
+        self._info = None
+        info = read_connection()
+        health = probe(info, self.timeout) if info else None
+        if info and health and health.get("protocol") != PROTOCOL:
+            if not self.autostart:
+                raise ImpastoError(
+                    f"the running Impasto server speaks protocol {health.get('protocol')}, this "
+                    f"plug-in needs {PROTOCOL}: stop that server (pid {info.pid}) and try again"
+                )
+            self._call(info, "POST", "/shutdown")
+            self._wait_for_exit(info.pid)
+            health = None
+        if info and health:
+            self._info = info
+        elif self.autostart:
+            self._info = self._start()
+        else:
+            raise ImpastoError(
+                "the Impasto server is not running: start it with "
+                f"`{self.python} -m core serve` in {self.repo}"
+            )
+        return self._info
+
+    def _start(self) -> ConnectionInfo:
+        """Start `python -m core serve` detached, logging to the user log folder; wait until it answers."""
+        log = log_path()
+        log.parent.mkdir(parents=True, exist_ok=True)
+        if log.exists() and log.stat().st_size > LOG_KEEP:
+            os.replace(log, log.with_suffix(".log.1"))
+        command = [self.python, "-m", "core", "serve"]
+        detach: dict[str, Any] = (
+            {
+                "creationflags": 0x00000008 | 0x00000200 | 0x08000000
+            }  # detached, new group, no window
+            if sys.platform == "win32"
+            else {"start_new_session": True}
+        )
+        with open(log, "ab") as output:
+            start = output.tell()
+            try:
+                process = subprocess.Popen(
+                    command,
+                    cwd=self.repo,
+                    stdin=subprocess.DEVNULL,
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                    close_fds=True,
+                    **detach,
+                )
+            except OSError as e:
+                raise ImpastoError(
+                    f"could not start the Impasto server with {self.python}: {e.strerror or e}; "
+                    "run install.py again to set up Impasto's Python"
+                ) from None
+        threading.Thread(target=process.wait, daemon=True).start()  # reaps it when it exits
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            info = read_connection()
+            if info is not None and probe(info, self.timeout):
+                return info
+            if process.poll() is not None and not pid_alive(info.pid if info else -1):
+                # It exited without another server taking its place: say why.
+                raise ImpastoError(
+                    f"the Impasto server could not start: {_last_error(log, start)} "
+                    f"(command: {' '.join(command)} in {self.repo}; log: {log})"
+                )
+            time.sleep(0.1)
+        process.kill()
+        raise ImpastoError(
+            f"the Impasto server did not start within {self.timeout:g} s; its log is {log}"
+        )
+
+    def _wait_for_exit(self, pid: int) -> None:
+        deadline = time.monotonic() + self.timeout
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    # -- requests -------------------------------------------------------------------------------------
+
+    def _get(self, path: str) -> Any:
+        return self._retrying(lambda info: self._call(info, "GET", path))
+
+    def _retrying(
+        self, send: Callable[[ConnectionInfo], Any], cancel: threading.Event | None = None
+    ) -> Any:
+        """Send to the server; if it is gone (killed, crashed), start a new one and send once more."""
+        for attempt in (1, 2):
+            info = self._server(fresh=attempt > 1)
+            try:
+                return send(info)
+            except _GONE:
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled("cancelled") from None
+                if attempt == 2 or not self.autostart:
+                    raise ImpastoError(
+                        "the Impasto server stopped during the job (it may have crashed or "
+                        f"run out of memory); its log is {log_path()}"
+                    ) from None
+            except TimeoutError:
+                raise ImpastoError(
+                    f"the Impasto server did not answer within {self.timeout:g} s; "
+                    f"it may be stuck: stop process {info.pid} and try again"
+                ) from None
+            except OSError as e:
+                raise ImpastoError(f"could not talk to the Impasto server: {e}") from None
+        raise AssertionError("unreachable")
+
+    def _call(self, info: ConnectionInfo, method: str, path: str) -> Any:
+        """A small JSON request; refusals become ImpastoError."""
+        conn = info.http(self.timeout)
+        try:
+            conn.request(method, path, headers=info.headers())
+            response = conn.getresponse()
+            if response.status != 200:
+                raise _refusal(response)
+            return json.loads(response.read())
+        finally:
+            conn.close()
+
+    def _job(
+        self,
+        op: str,
+        params: dict[str, Any],
+        pixels: bytes,
+        progress: Callable[[float], None] | None,
+        cancel: threading.Event | None,
+        queued: Callable[[int], None] | None,
+    ) -> tuple[bytes, int, int]:
+        path = f"{API}/{op}?{urlencode(params)}"
+
+        def send(info: ConnectionInfo) -> tuple[bytes, int, int]:
+            conn = info.http(self.timeout)
+            try:
+                return self._stream(conn, info, path, pixels, progress, cancel, queued)
+            finally:
+                conn.close()  # also how a cancel reaches the server: it stops the job within a tile
+
+        return self._retrying(send, cancel)
+
+    def _stream(
+        self,
+        conn: http.client.HTTPConnection,
+        info: ConnectionInfo,
+        path: str,
+        pixels: bytes,
+        progress: Callable[[float], None] | None,
+        cancel: threading.Event | None,
+        queued: Callable[[int], None] | None,
+    ) -> tuple[bytes, int, int]:
+        """POST the pixels (after the server accepts the request), then follow the event stream."""
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("cancelled")
+        conn.putrequest("POST", path, skip_host=True, skip_accept_encoding=True)
+        headers = {
+            **info.headers(),
+            "Content-Type": "application/octet-stream",
+            "Content-Length": str(len(pixels)),
+            "Expect": "100-continue",
+        }
+        for key, value in headers.items():
+            conn.putheader(key, value)
+        conn.endheaders()
+        if _server_continues(conn.sock, self.timeout):
+            conn.send(pixels)
+        response = conn.getresponse()
+        if response.status != 200:
+            raise _refusal(response)
+        while True:
+            line = response.readline(1 << 16)
+            if not line:
+                raise _ServerGone()
+            event = json.loads(line)
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("cancelled")
+            kind = event.get("event")
+            if kind == "status" and event["state"] == "queued" and queued:
+                queued(event["position"])
+            elif kind == "status" and event.get("total") and progress:
+                progress(event["done"] / event["total"])
+            elif kind == "error":
+                raise ImpastoError(event["message"], event["error"])
+            elif kind == "result":
+                data = response.read(event["bytes"])
+                if len(data) != event["bytes"]:
+                    raise _ServerGone()
+                return data, event["width"], event["height"]
+
+
+def _server_continues(sock: socket.socket, timeout: float) -> bool:
+    """Wait for "100 Continue" (consumed) or a final answer (left for getresponse), per RFC 9110."""
+    deadline = time.monotonic() + timeout
+    while (remaining := deadline - time.monotonic()) > 0:
+        readable, _, _ = select.select([sock], [], [], remaining)
+        if not readable:
+            break
+        head = sock.recv(1024, socket.MSG_PEEK)
+        if not head:
+            return False
+        if not head.startswith(b"HTTP/1.1 100"):
+            if b"HTTP/1.1 100".startswith(head):
+                time.sleep(0.001)  # only part of the status line has arrived
+                continue
+            return False
+        end = head.find(b"\r\n\r\n")
+        if end >= 0:
+            _receive_exactly(sock, end + 4)
+            return True
+        time.sleep(0.001)
+    return True  # no interim answer in time: send anyway, as the RFC says
+
+
+def _receive_exactly(sock: socket.socket, size: int) -> None:
+    while size > 0:
+        chunk = sock.recv(size)
+        if not chunk:
+            raise _ServerGone()
+        size -= len(chunk)
+
+
+def _refusal(response: http.client.HTTPResponse) -> Exception:
+    """The error a non-200 answer stands for; a wrong token means the server was replaced."""
+    if response.status == 401:
+        return _ServerGone()
+    try:
+        body = json.loads(response.read())
+        return ImpastoError(body["message"], body.get("error", ""))
+    except (ValueError, KeyError, TypeError):
+        return ImpastoError(f"the Impasto server refused the request (HTTP {response.status})")
+
+
+def _last_error(log: Path, start: int) -> str:
+    """The last meaningful line the server wrote to its log since ``start``."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(start, f.seek(0, os.SEEK_END) - 8192))
+            lines = [line.strip() for line in f.read().decode(errors="replace").splitlines()]
+    except OSError:
+        return "no log was written"
+    lines = [line for line in lines if line and not line.startswith(("Traceback", "File ", "^"))]
+    if not lines:
+        return "it exited without a message"
+    last = lines[-1]
+    if "No module named" in last:
+        last += "; this Python lacks Impasto's packages: run install.py again"
+    return last
