@@ -111,6 +111,18 @@ def gimp_profiles() -> list[Path]:
     return found
 
 
+def make_dirs(path: Path, manifest: dict) -> None:
+    """``mkdir -p`` that remembers the folders it creates, so --uninstall removes exactly those."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    created = manifest.setdefault("created_dirs", [])
+    for folder in reversed(missing):
+        folder.mkdir()
+        created.append(str(folder))
+
+
 def venv_python(venv_dir: Path) -> Path:
     return venv_dir / ("Scripts/python.exe" if _windows() else "bin/python")
 
@@ -125,7 +137,7 @@ def read_manifest() -> dict:
 
 def write_manifest(manifest: dict) -> None:
     path = user_data_dir() / MANIFEST
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent, manifest)
     path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
 
 
@@ -158,6 +170,7 @@ def setup_core(venv_dir: Path, manifest: dict) -> Path:
     python = venv_python(venv_dir)
     if not python.exists():
         say(f"creating the core environment in {venv_dir}")
+        make_dirs(venv_dir.parent, manifest)
         venv.EnvBuilder(with_pip=True, clear=False).create(venv_dir)
         manifest.setdefault("created_venvs", []).append(str(venv_dir))
         write_manifest(manifest)
@@ -170,10 +183,10 @@ def setup_core(venv_dir: Path, manifest: dict) -> Path:
     return python
 
 
-def install_plugin_into(profile: Path, python: Path) -> Path:
+def install_plugin_into(profile: Path, python: Path, manifest: dict | None = None) -> Path:
     """Put the plug-in into one GIMP profile, recording which Python runs the core; return its folder."""
     folder = profile / "plug-ins" / PLUGIN_NAME
-    folder.mkdir(parents=True, exist_ok=True)
+    make_dirs(folder, {} if manifest is None else manifest)
     target = folder / PLUGIN_SOURCE.name
     shutil.copyfile(PLUGIN_SOURCE, target)
     target.chmod(0o755)  # GIMP only runs executable plug-ins
@@ -190,7 +203,7 @@ def install_plugin(python: Path, manifest: dict) -> list[Path]:
     if not profiles:
         profiles = [gimp_config_roots()[0] / "3.0"]
         say(f"no GIMP 3 profile found; creating {profiles[0]} for when GIMP 3 first starts")
-    installed = [install_plugin_into(profile, python) for profile in profiles]
+    installed = [install_plugin_into(profile, python, manifest) for profile in profiles]
     for folder in installed:
         if str(folder) not in manifest.setdefault("plugin_dirs", []):
             manifest["plugin_dirs"].append(str(folder))
@@ -234,8 +247,10 @@ def main_job(python: Path) -> None:
             "note: no style is installed yet, skipping the sample stylization (train one: see README)"
         )
         return
+    manifest = read_manifest()
     out = user_data_dir() / "samples" / f"sample-{style}.jpg"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(out.parent, manifest)
+    write_manifest(manifest)
     _run(
         [python, "-m", "core", "stylize", SAMPLE, "--style", style, "--output", out, "--overwrite"],
         "stylizing the sample image",
@@ -319,17 +334,16 @@ def uninstall(purge: bool) -> int:
         if (folder / PLUGIN_SOURCE.name).is_file() or (folder / CORE_FILE).is_file():
             shutil.rmtree(folder)
             say(f"removed {folder}")
+    if manifest.get("venv"):
+        _stop_server(venv_python(Path(manifest["venv"])))  # it would hold files of the venv open
     for venv_dir in map(Path, manifest.get("created_venvs", [])):
-        _stop_server(venv_python(venv_dir))
         if venv_dir.is_dir():
             shutil.rmtree(venv_dir)
             say(f"removed {venv_dir}")
     data = user_data_dir()
-    for leftover in (data / MANIFEST, data / "samples"):
-        if leftover.is_dir():
-            shutil.rmtree(leftover)
-        elif leftover.exists():
-            leftover.unlink()
+    if (data / "samples").is_dir():
+        shutil.rmtree(data / "samples")
+    (data / MANIFEST).unlink(missing_ok=True)
     if purge:
         for folder in (data, user_config_dir()):
             if folder.is_dir():
@@ -337,8 +351,10 @@ def uninstall(purge: bool) -> int:
                 say(f"removed {folder}")
     elif (data / "models").is_dir():
         say(f"kept your trained models in {data / 'models'} (--purge removes them)")
-    if data.is_dir() and not any(data.iterdir()):
-        data.rmdir()
+    # Folders the installer made (GIMP profile, data folder...), deepest first, if now empty.
+    for folder in sorted(map(Path, manifest.get("created_dirs", [])), key=lambda p: -len(p.parts)):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
     say("uninstalled")
     return 0
 
