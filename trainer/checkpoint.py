@@ -1,0 +1,91 @@
+"""Training checkpoints (written atomically) and model files made from them."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from core.modelfile import ModelInfo, save_model
+from core.networks import build_network
+from trainer.config import TrainConfig
+
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+class CheckpointError(Exception):
+    """A checkpoint is missing or unreadable."""
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write ``state`` atomically: a crash or full disk leaves the previous checkpoint intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint written by :func:`save_checkpoint` (a run folder finds its checkpoint.pt)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CHECKPOINT_NAME
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint ({type(e).__name__}); it may be truncated"
+        ) from None
+    if not isinstance(state, dict) or "config" not in state or "net" not in state:
+        raise CheckpointError(f"{path} is not an Impasto training checkpoint")
+    return state
+
+
+def model_info(config: TrainConfig, options: dict[str, Any], training: dict[str, Any]) -> ModelInfo:
+    """Metadata of a model trained with ``config``; ``training`` adds steps, losses and timing."""
+    settings = {
+        k: v for k, v in config.to_dict().items() if k not in ("command", "display_name", "extra")
+    }
+    return ModelInfo(
+        name=config.name,
+        kind=config.task,
+        arch=config.task,
+        options=options,
+        display_name=config.display_name or config.name.replace("_", " ").replace("-", " ").title(),
+        description=config.description,
+        training={"command": config.command, "settings": settings, **training},
+        credit=config.credit,
+    )
+
+
+def export_model(
+    state: dict[str, Any], output: str | Path | None = None, net: nn.Module | None = None
+) -> Path:
+    """Write the model file for a checkpoint's state (to ``output``, default the run's output)."""
+    config = TrainConfig.from_dict(state["config"])
+    options = state["options"]
+    if net is None:
+        net = build_network(config.task, **options)
+        net.load_state_dict(state["net"])
+    training = {
+        "steps": state["step"],
+        "final_losses": state.get("losses", {}),
+        "seconds": round(state.get("elapsed", 0.0), 1),
+        "device": state.get("device", ""),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    return save_model(Path(output or config.output), net, model_info(config, options, training))

@@ -1,0 +1,329 @@
+"""Command line: ``python -m trainer style|sr|export`` (also under ``torchrun`` for several GPUs)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import platformdirs
+
+from core.modelfile import SUFFIX, ModelFileError
+from core.registry import user_models_dir
+from trainer.checkpoint import CheckpointError, export_model, load_checkpoint
+from trainer.config import TrainConfig
+from trainer.data import DataError, find_photos
+from trainer.loop import TrainingError, train
+from trainer.lossnets import LOSS_NETWORKS, LossNetworkError
+
+DATA_ENV = "IMPASTO_DATA"
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+ERRORS = (DataError, LossNetworkError, CheckpointError, TrainingError, ModelFileError)
+
+# Paper settings (Johnson et al., 2016, section 4): 256 px crops, batch 4, Adam lr 1e-3,
+# 40k iterations for style (2 epochs of COCO); 288 px patches and 200k iterations for SR.
+TASK_DEFAULTS = {
+    "style": {"image_size": 256, "steps": 40000},
+    "sr": {"image_size": 288, "steps": 200000},
+}
+
+
+def data_root() -> Path:
+    """The shared data folder: $IMPASTO_DATA, else ../shared/data next to the repository."""
+    env = os.environ.get(DATA_ENV)
+    return Path(env) if env else Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+
+
+def default_workers() -> int:
+    """Photo-decoding processes: none on small machines, where they would compete with training."""
+    cores = os.cpu_count() or 1
+    return 0 if cores <= 2 else min(8, cores // 2)
+
+
+def _add_common(p: argparse.ArgumentParser, task: str) -> None:
+    d = TASK_DEFAULTS[task]
+    net_defaults = ", ".join(
+        f"{n}: content {s.content_weight:g}, style {s.style_weight:g}, TV {s.tv_weight:g}"
+        for n, s in LOSS_NETWORKS.items()
+    )
+    p.add_argument(
+        "--name",
+        required=True,
+        help="model name (letters, digits, _ . -); the file is NAME.impasto",
+    )
+    p.add_argument(
+        "--dataset",
+        type=Path,
+        help=f"folder of photos, searched recursively (default: ${DATA_ENV}/sr/train, the 291 shared photos)",
+    )
+    p.add_argument(
+        "--output",
+        type=Path,
+        help="model file to write (default: the user models folder, where Impasto and GIMP list it at once)",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing model file of that name"
+    )
+    p.add_argument(
+        "--run-dir",
+        type=Path,
+        help="folder for checkpoints, loss.csv, loss.png and previews/ (default: the user cache folder, runs/NAME)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --run-dir from its last checkpoint, exactly as if never stopped",
+    )
+    p.add_argument(
+        "--image-size",
+        type=int,
+        default=d["image_size"],
+        help=f"training crop size in pixels (default {d['image_size']}, the paper's)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=4,
+        help="images per step and per process (default 4, the paper's)",
+    )
+    length = p.add_mutually_exclusive_group()
+    length.add_argument(
+        "--steps", type=int, help=f"training steps (default {d['steps']}, the paper's)"
+    )
+    length.add_argument(
+        "--epochs",
+        type=float,
+        help="training length in passes over the dataset, instead of --steps",
+    )
+    p.add_argument(
+        "--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3, the paper's)"
+    )
+    p.add_argument(
+        "--loss-network",
+        choices=list(LOSS_NETWORKS),
+        default="mobilenet_v2",
+        help="ImageNet network the perceptual losses use: vgg16 is the paper's (downloaded once, 528 MB); mobilenet_v2 is installed, works offline and is ~12x cheaper (default)",
+    )
+    p.add_argument(
+        "--loss-weights",
+        type=Path,
+        help="local torchvision checkpoint for the loss network (e.g. vgg16-397923af.pth), instead of the download or installed file",
+    )
+    p.add_argument(
+        "--content-weight",
+        type=float,
+        help=f"content (feature reconstruction) loss weight; defaults by loss network: {net_defaults}",
+    )
+    p.add_argument(
+        "--tv-weight",
+        type=float,
+        help="total variation weight (smoothness); default per loss network, see --content-weight",
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="cuda, cuda:N, mps or cpu (default auto: the GPU if there is one)",
+    )
+    p.add_argument(
+        "--amp",
+        action="store_true",
+        help="bf16 mixed precision (autocast): ~2x faster on recent GPUs and AVX-512 CPUs",
+    )
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the networks (slow start, faster steps on long runs)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="random seed for weights, photo order and crops (default 0)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=default_workers(),
+        help=f"photo-decoding processes (default {default_workers()} on this machine)",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=500,
+        help="steps between checkpoints (default 500); a crash loses at most this many",
+    )
+    p.add_argument(
+        "--log-every",
+        type=int,
+        default=50,
+        help="steps between progress lines and loss.csv rows (default 50)",
+    )
+    p.add_argument(
+        "--preview-every",
+        type=int,
+        default=1000,
+        help="steps between preview sheets in previews/ (default 1000; 0: only at the end)",
+    )
+    p.add_argument("--display-name", default="", help="name shown in GIMP (default: from --name)")
+    p.add_argument("--description", default="", help="one-line description shown with the model")
+    p.add_argument("--credit", default="", help="credit for the style image or data: title, artist, licence")  # fmt: skip
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m trainer`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="python -m trainer",
+        description="Train Impasto models with perceptual losses (Johnson et al., 2016). "
+        "Data-parallel: torchrun --nproc_per_node=N -m trainer ...",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    style = commands.add_parser("style", help="train a style-transfer network on one painting")
+    style.add_argument("--style-image", type=Path, required=True, help="the painting to imitate")
+    style.add_argument(
+        "--width",
+        choices=["full", "compact"],
+        default="full",
+        help="network width: full (the paper's 32/64/128 channels, default) or compact (half: ~3x faster)",
+    )
+    style.add_argument(
+        "--style-weight",
+        type=float,
+        help="style (Gram) loss weight; higher: more texture, less photo (default per loss network, see --content-weight)",
+    )
+    style.add_argument("--style-size", type=int, default=256, help="the painting's longer side in pixels during training; larger: finer brush strokes (default 256, as the authors' code)")  # fmt: skip
+    _add_common(style, "style")
+
+    sr = commands.add_parser("sr", help="train an x4 super-resolution network")
+    sr.add_argument(
+        "--scale", type=int, choices=[4], default=4, help="upscaling factor (4, the network's)"
+    )
+    sr.add_argument(
+        "--loss",
+        choices=["perceptual", "pixel"],
+        default="perceptual",
+        help="perceptual: feature reconstruction loss, sharper (the paper's, default); pixel: MSE, higher PSNR",
+    )
+    sr.add_argument(
+        "--pixel-weight",
+        type=float,
+        default=0.0,
+        help="with --loss perceptual, also add this much pixel MSE (default 0, the paper's)",
+    )
+    sr.add_argument(
+        "--degradation",
+        choices=["paper", "matlab"],
+        default="paper",
+        help="how inputs are made: paper = Gaussian blur then bicubic (default); matlab = antialiased bicubic like MATLAB imresize, which made the Set5/Set14/BSD100 inputs",
+    )
+    sr.add_argument("--blur-sigma", type=float, default=1.0, help="Gaussian blur before downsampling, with --degradation paper (default 1.0, the paper's)")  # fmt: skip
+    _add_common(sr, "sr")
+
+    export = commands.add_parser(
+        "export", help="write the model file from a run's latest checkpoint"
+    )
+    export.add_argument("checkpoint", type=Path, help="a run folder or its checkpoint.pt")
+    export.add_argument(
+        "--output", type=Path, help="model file to write (default: the run's output)"
+    )
+    export.add_argument("--overwrite", action="store_true", help="replace an existing model file")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
+    """Check the arguments and turn them into a training config."""
+    if not NAME_PATTERN.fullmatch(args.name):
+        raise TrainingError(f"invalid --name {args.name!r}: use letters, digits, '_', '.' and '-'")
+    dataset = args.dataset or data_root() / "sr" / "train"
+    if args.dataset is None and not dataset.is_dir():
+        raise DataError(
+            f"no --dataset given and no shared data at {dataset}: pass --dataset PHOTOS_DIR "
+            f"or set {DATA_ENV}"
+        )
+    if args.command == "sr" and args.image_size % args.scale:
+        raise TrainingError(f"--image-size must be a multiple of {args.scale} for x{args.scale}")
+    for option in ("image_size", "batch_size", "checkpoint_every", "log_every"):
+        if getattr(args, option) < 1:
+            raise TrainingError(f"--{option.replace('_', '-')} must be at least 1")
+    if args.command == "style" and not args.style_image.is_file():
+        raise DataError(f"style image not found: {args.style_image}")
+    spec = LOSS_NETWORKS[args.loss_network]
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    steps = args.steps or TASK_DEFAULTS[args.command]["steps"]
+    if args.epochs is not None:
+        photos, _ = find_photos(dataset, args.batch_size * world_size)
+        steps = max(1, round(args.epochs * (len(photos) // (args.batch_size * world_size))))
+    output = args.output or user_models_dir() / f"{args.name}{SUFFIX}"
+    if output.exists() and not args.overwrite:
+        raise TrainingError(f"{output} already exists: add --overwrite, or choose another --name")
+
+    def weight(value: float | None, default: float) -> float:
+        return default if value is None else value
+
+    return TrainConfig(
+        task=args.command,
+        name=args.name,
+        dataset=str(dataset),
+        output=str(output),
+        run_dir=str(
+            args.run_dir or Path(platformdirs.user_cache_dir("impasto")) / "runs" / args.name
+        ),
+        style_image=str(args.style_image) if args.command == "style" else None,
+        width=getattr(args, "width", "full"),
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        steps=steps,
+        lr=args.lr,
+        loss_network=args.loss_network,
+        loss_weights=str(args.loss_weights) if args.loss_weights else None,
+        content_weight=weight(args.content_weight, spec.content_weight),
+        style_weight=weight(getattr(args, "style_weight", None), spec.style_weight),
+        tv_weight=weight(args.tv_weight, spec.tv_weight),
+        pixel_weight=getattr(args, "pixel_weight", 0.0),
+        style_size=getattr(args, "style_size", 256),
+        sr_loss=getattr(args, "loss", "perceptual"),
+        scale=getattr(args, "scale", 4),
+        degradation=getattr(args, "degradation", "paper"),
+        blur_sigma=getattr(args, "blur_sigma", 1.0),
+        device=args.device,
+        amp=args.amp,
+        compile=args.compile,
+        seed=args.seed,
+        workers=args.workers,
+        checkpoint_every=args.checkpoint_every,
+        log_every=args.log_every,
+        preview_every=args.preview_every,
+        display_name=args.display_name,
+        description=args.description,
+        credit=args.credit,
+        command="python -m trainer " + shlex.join(argv),
+        extra={"world_size": world_size},
+    )
+
+
+def export(args: argparse.Namespace) -> int:
+    """``export``: a model file from a checkpoint, e.g. of a run stopped early."""
+    state = load_checkpoint(args.checkpoint)
+    output = args.output or Path(state["config"]["output"])
+    if output.exists() and not args.overwrite:
+        raise TrainingError(f"{output} already exists: add --overwrite, or give another --output")
+    path = export_model(state, output)
+    print(f"model written: {path} (step {state['step']})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 done, 1 stopped early, 2 error)."""
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "export":
+            return export(args)
+        result = train(config_from_args(args, argv), resume=args.resume)
+    except ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0 if result.finished else 1

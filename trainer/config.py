@@ -1,0 +1,73 @@
+"""Training settings: one dataclass shared by the command line, the training loop and checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; stored in checkpoints and in the model file."""
+
+    task: str  # "style" or "sr"
+    name: str
+    dataset: str
+    output: str  # the model file to write
+    run_dir: str  # checkpoints, loss log, curve, previews
+    style_image: str | None = None
+    width: str = "full"  # style network width
+    image_size: int = 256  # training crop (style input, or SR high-resolution crop)
+    batch_size: int = 4  # per process
+    steps: int = 40000
+    lr: float = 1e-3
+    loss_network: str = "mobilenet_v2"
+    loss_weights: str | None = None
+    content_weight: float = 1e5
+    style_weight: float = 1e10
+    tv_weight: float = 0.0
+    pixel_weight: float = 0.0
+    style_size: int = 256
+    sr_loss: str = "perceptual"
+    scale: int = 4
+    degradation: str = "paper"
+    blur_sigma: float = 1.0
+    device: str = "auto"
+    amp: bool = False
+    compile: bool = False
+    seed: int = 0
+    workers: int = 0
+    checkpoint_every: int = 500
+    log_every: int = 50
+    preview_every: int = 1000
+    display_name: str = ""
+    description: str = ""
+    credit: str = ""
+    command: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    # Settings that may change between a run and its --resume without changing the result.
+    RESUMABLE_CHANGES = (
+        "steps", "output", "device", "workers", "checkpoint_every", "log_every", "preview_every",
+        "display_name", "description", "credit", "command", "compile", "loss_weights", "dataset",
+    )  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values only (safe for weights-only checkpoints and JSON)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """The config saved by :meth:`to_dict` (unknown keys from other versions are ignored)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def resume_conflicts(self, saved: TrainConfig) -> list[str]:
+        """Settings that differ from the run being resumed and would change its result."""
+        return [
+            f"{f.name}: {getattr(saved, f.name)!r} in the run, {getattr(self, f.name)!r} now"
+            for f in dataclasses.fields(self)
+            if f.name not in self.RESUMABLE_CHANGES
+            and getattr(self, f.name) != getattr(saved, f.name)
+        ]

@@ -1,0 +1,260 @@
+"""The training loop shared by style and super-resolution training: resumable, observable, scalable."""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from trainer.checkpoint import CHECKPOINT_NAME, export_model, load_checkpoint, save_checkpoint
+from trainer.config import TrainConfig
+from trainer.data import PhotoCrops, ResumableSampler, center_crop, find_photos
+from trainer.distributed import Cluster
+from trainer.lossnets import load_loss_network
+from trainer.monitor import LossLog, Progress, contact_sheet, draw_loss_curve
+from trainer.tasks import make_task
+
+PREVIEW_PHOTOS = 4
+
+
+class TrainingError(Exception):
+    """Training cannot start or continue; the message says why and what to do."""
+
+
+@dataclass
+class TrainResult:
+    """How a run ended: finished (model written) or stopped early (checkpoint kept)."""
+
+    step: int
+    finished: bool
+    checkpoint: Path
+    model_path: Path | None
+    losses: dict[str, float]
+
+
+def resolve_device(name: str) -> torch.device:
+    """ "auto" picks CUDA, then Apple MPS, then the CPU; other names are checked to exist."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.mps.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingError("--device cuda asked for, but this PyTorch build sees no CUDA GPU")
+    if name == "mps" and not torch.mps.is_available():
+        raise TrainingError("--device mps asked for, but this machine has no Apple GPU")
+    return torch.device(name)
+
+
+class StopRequest:
+    """Ctrl-C or SIGTERM asks for a checkpoint then a clean stop; a second Ctrl-C aborts at once."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event, self.previous = event, {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        print("\nstopping: writing a checkpoint (Ctrl-C again to abort)", file=sys.stderr)
+        self.event.set()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def restore(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def _prepare(config: TrainConfig, resume: bool, cluster: Cluster) -> tuple[dict | None, list[Path]]:
+    """Check the run folder and dataset before any expensive work; the checkpoint if resuming."""
+    checkpoint = Path(config.run_dir) / CHECKPOINT_NAME
+    state = None
+    if resume:
+        state = load_checkpoint(checkpoint)
+        conflicts = config.resume_conflicts(TrainConfig.from_dict(state["config"]))
+        if conflicts:
+            raise TrainingError(
+                "--resume needs the run's settings; these differ: " + "; ".join(conflicts)
+            )
+    elif checkpoint.exists():
+        raise TrainingError(
+            f"{config.run_dir} already holds a run (checkpoint at step "
+            f"{load_checkpoint(checkpoint)['step']}): add --resume to continue it, or choose "
+            "another --run-dir"
+        )
+    photos, skipped = find_photos(config.dataset, config.batch_size * cluster.world_size)
+    if cluster.is_main:
+        note = f" ({skipped} unreadable skipped)" if skipped else ""
+        print(f"dataset: {len(photos)} photos in {config.dataset}{note}", flush=True)
+    if state is not None and state["dataset_size"] != len(photos):
+        raise TrainingError(
+            f"the dataset now has {len(photos)} photos, the run was started with "
+            f"{state['dataset_size']}: resume with the same photos"
+        )
+    return state, photos
+
+
+def train(
+    config: TrainConfig,
+    resume: bool = False,
+    stop: threading.Event | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> TrainResult:
+    """Train (or continue) the run ``config`` describes; ``stop.set()`` ends it with a checkpoint."""
+    device = resolve_device(config.device)
+    cluster = Cluster.from_environment(device.type)
+    if device.type == "cuda":
+        device = torch.device(
+            "cuda", cluster.local_rank if cluster.world_size > 1 else device.index or 0
+        )
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    stop = stop or threading.Event()
+    stopper = StopRequest(stop)
+    try:
+        return _train(config, resume, stop, on_step, device, cluster)
+    finally:
+        stopper.restore()
+        cluster.close()
+
+
+def _train(config, resume, stop, on_step, device, cluster) -> TrainResult:
+    state, photos = _prepare(config, resume, cluster)
+    run_dir, main = Path(config.run_dir), cluster.is_main
+    checkpoint_path = run_dir / CHECKPOINT_NAME
+    needs_lossnet = config.task == "style" or config.sr_loss == "perceptual"
+    lossnet = load_loss_network(config.loss_network, config.loss_weights) if needs_lossnet else None
+    task = make_task(config, lossnet)
+    loss_fn = task.loss.to(device, memory_format=torch.channels_last)
+
+    torch.manual_seed(config.seed)
+    net = task.network().to(device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
+    step, elapsed, losses = 0, 0.0, {}
+    if state is not None:
+        net.load_state_dict(state["net"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, elapsed, losses = state["step"], state["elapsed"], state["losses"]
+        torch.set_rng_state(state["rng"])
+        if main:
+            print(f"resuming {config.name} at step {step}", flush=True)
+    # channels_last: the fast convolution layout on CPUs (oneDNN) and tensor-core GPUs.
+    net = net.to(memory_format=torch.channels_last)
+    model: nn.Module = DistributedDataParallel(net) if cluster.world_size > 1 else net
+    if config.compile:
+        model, loss_fn = torch.compile(model), torch.compile(loss_fn)
+
+    sampler = ResumableSampler(
+        len(photos), config.batch_size, config.seed, step, cluster.rank, cluster.world_size
+    )
+    loader = DataLoader(
+        PhotoCrops(photos, config.image_size, task.resize_crops),
+        batch_size=config.batch_size,
+        sampler=sampler,
+        num_workers=config.workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=config.workers > 0,
+    )
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "previews").mkdir(exist_ok=True)
+        log = LossLog(run_dir / "loss.csv", list(task.loss.terms), step if resume else None)
+        chosen = [photos[i * len(photos) // PREVIEW_PHOTOS] for i in range(PREVIEW_PHOTOS)]
+        preview = torch.stack(
+            [center_crop(p, config.image_size, task.resize_crops) for p in dict.fromkeys(chosen)]
+        )
+        progress = Progress(step, config.steps, config.batch_size * cluster.world_size)
+        print(
+            f"training {config.name} ({config.task}) on {device}, "
+            f"{cluster.world_size} process(es); run folder {run_dir}",
+            flush=True,
+        )
+    autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=config.amp)
+
+    def checkpoint_state() -> dict:
+        return {
+            "config": config.to_dict(),
+            "options": task.options,
+            "step": step,
+            "net": net.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "rng": torch.get_rng_state(),
+            "elapsed": elapsed + time.perf_counter() - started,
+            "losses": losses,
+            "dataset_size": len(photos),
+            "device": str(device),
+        }
+
+    def write_checkpoint() -> None:
+        try:
+            save_checkpoint(checkpoint_path, checkpoint_state())
+        except OSError as e:  # e.g. disk full: keep training, the previous checkpoint survives
+            print(f"warning: could not write the checkpoint ({e}); keeping the previous one",
+                  file=sys.stderr)  # fmt: skip
+
+    def write_preview() -> None:
+        with torch.no_grad(), torch.autocast(**autocast):
+            images = preview.to(device).float().div(255)
+            rows = task.preview_rows(net, images.contiguous(memory_format=torch.channels_last))
+        contact_sheet(rows, run_dir / "previews" / f"step_{step:07d}.png")
+
+    started = time.perf_counter()
+    sums: dict[str, torch.Tensor] = {}
+    count = 0
+    stopping = False
+    batches = iter(loader)
+    while step < config.steps and not stopping:
+        photos_batch = next(batches).to(device, non_blocking=True)
+        images = photos_batch.float().div(255).contiguous(memory_format=torch.channels_last)
+        inputs, targets = task.inputs_and_targets(images)
+        with torch.autocast(**autocast):
+            terms = loss_fn(model(inputs), targets)
+        optimizer.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        optimizer.step()
+        step += 1
+        count += 1
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0) + v.detach()
+        if on_step is not None:
+            on_step(step)
+        stopping = cluster.any(stop.is_set(), device)
+        if main and (step % config.log_every == 0 or step == config.steps or stopping):
+            losses = {k: float(v) / count for k, v in sums.items()}
+            sums, count = {}, 0
+            if not math.isfinite(losses["total"]):
+                raise TrainingError(
+                    f"the loss became {losses['total']} at step {step}: lower --lr, or train "
+                    "without --amp; the checkpoint before this point is kept"
+                )
+            print(progress.line(step, losses), flush=True)
+            log.append(step, losses, progress.rate)
+            draw_loss_curve(log.read(), run_dir / "loss.png")
+        if main and (step % config.checkpoint_every == 0 or step == config.steps or stopping):
+            write_checkpoint()
+        if (
+            main
+            and config.preview_every
+            and (step % config.preview_every == 0 or step == config.steps)
+        ):
+            write_preview()
+    cluster.barrier()
+
+    model_path = None
+    if main and step >= config.steps:
+        model_path = export_model(checkpoint_state(), net=net)
+        print(f"model written: {model_path}", flush=True)
+    elif main:
+        print(
+            f"stopped at step {step}; the checkpoint is in {run_dir}: continue with the same "
+            "command plus --resume",
+            flush=True,
+        )
+    return TrainResult(step, step >= config.steps, checkpoint_path, model_path, losses)

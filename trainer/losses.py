@@ -1,0 +1,113 @@
+"""Perceptual losses (Johnson et al., 2016): feature reconstruction, style (Gram) and total variation."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainer.lossnets import LossNetwork
+
+
+def gram_matrix(features: torch.Tensor) -> torch.Tensor:
+    """Gram matrices of a BxCxHxW batch, normalised by C*H*W, computed in fp32 even under autocast."""
+    b, c, h, w = features.shape
+    with torch.autocast(features.device.type, enabled=False):
+        f = features.float().reshape(b, c, h * w)
+        return torch.bmm(f, f.transpose(1, 2)) / (c * h * w)
+
+
+def total_variation(images: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference between neighbouring pixels: discourages high-frequency noise."""
+    dy = images[..., 1:, :] - images[..., :-1, :]
+    dx = images[..., :, 1:] - images[..., :, :-1]
+    return dy.float().pow(2).mean() + dx.float().pow(2).mean()
+
+
+class StyleLoss(nn.Module):
+    """Content (feature reconstruction) + style (Gram) + TV loss against one style image.
+
+    The style image's Gram matrices are computed once; content targets under no_grad.
+    """
+
+    def __init__(
+        self,
+        lossnet: LossNetwork,
+        style_image: torch.Tensor,
+        content_weight: float,
+        style_weight: float,
+        tv_weight: float,
+    ) -> None:
+        super().__init__()
+        self.lossnet = lossnet
+        self.terms = ("total", "content", "style", "tv")
+        self.content_weight, self.style_weight, self.tv_weight = (
+            content_weight,
+            style_weight,
+            tv_weight,
+        )
+        spec = lossnet.spec
+        self.content_layer, self.style_layers = spec.content_layer, spec.style_layers
+        with torch.no_grad():
+            features = lossnet(style_image.to(lossnet.mean.device), self.style_layers)
+        for name in self.style_layers:
+            self.register_buffer(f"gram_{name}", gram_matrix(features[name]))
+
+    def forward(self, output: torch.Tensor, content: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Weighted loss terms and their sum ("total") for a batch of outputs and their inputs."""
+        with torch.no_grad():
+            target = self.lossnet(content, (self.content_layer,))[self.content_layer]
+        features = self.lossnet(output, (self.content_layer, *self.style_layers))
+        content_loss = F.mse_loss(features[self.content_layer].float(), target.float())
+        style_loss = sum(
+            F.mse_loss(
+                gram_matrix(features[n]), getattr(self, f"gram_{n}").expand(len(output), -1, -1)
+            )
+            for n in self.style_layers
+        )
+        terms = {
+            "content": self.content_weight * content_loss,
+            "style": self.style_weight * style_loss,
+            "tv": self.tv_weight * total_variation(output),
+        }
+        terms["total"] = sum(terms.values())
+        return terms
+
+
+class SRLoss(nn.Module):
+    """Super-resolution loss: "perceptual" (feature reconstruction, the paper's) or "pixel" (MSE)."""
+
+    def __init__(
+        self,
+        kind: str,
+        lossnet: LossNetwork | None,
+        content_weight: float,
+        tv_weight: float,
+        pixel_weight: float,
+    ) -> None:
+        super().__init__()
+        self.kind, self.lossnet = kind, lossnet
+        self.terms = ("total", "pixel") if kind == "pixel" else ("total", "content", "pixel", "tv")
+        self.content_weight, self.tv_weight, self.pixel_weight = (
+            content_weight,
+            tv_weight,
+            pixel_weight,
+        )
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Weighted loss terms and their sum ("total") for a batch of outputs and true HR images."""
+        pixel = F.mse_loss(output.float(), target.float())
+        if self.kind == "pixel":
+            terms = {"pixel": pixel}
+        else:
+            layer = self.lossnet.spec.sr_layer
+            with torch.no_grad():
+                wanted = self.lossnet(target, (layer,))[layer]
+            got = self.lossnet(output, (layer,))[layer]
+            terms = {
+                "content": self.content_weight * F.mse_loss(got.float(), wanted.float()),
+                "pixel": self.pixel_weight * pixel,
+                "tv": self.tv_weight * total_variation(output),
+            }
+        terms["total"] = sum(terms.values())
+        return terms

