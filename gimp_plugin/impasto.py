@@ -136,7 +136,7 @@ def stylize(image, drawable, client, config) -> None:
     image.undo_group_start()
     try:
         target = drawable
-        if config.get_choice_id("output") == "new-layer":
+        if config.get_property("output") == "new-layer":
             target = drawable.copy()  # outside the selection the new layer keeps the original
             target.set_name(f"{drawable.get_name()} ({style.get('display_name') or style['name']})")
             image.insert_layer(target, drawable.get_parent(), image.get_item_position(drawable))
@@ -156,7 +156,7 @@ def upscale(image, drawable, client, config, interactive: bool):
     result, new_width, new_height = client.upscale(
         pixels, width, height, channels, model["name"], progress=Gimp.progress_update
     )
-    if config.get_choice_id("output") == "new-image":
+    if config.get_property("output") == "new-image":
         target_image = Gimp.Image.new(new_width, new_height, image.get_base_type())
         layer = Gimp.Layer.new(
             target_image,
@@ -305,7 +305,6 @@ class Impasto(Gimp.PlugIn):
         procedure = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, run, None)
         procedure.set_image_types("RGB*, GRAY*")
         procedure.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE)
-        procedure.add_menu_path("<Image>/Filters")
         procedure.set_attribution("Impasto contributors", "Impasto contributors", "2026")
         # Free text, not a fixed choice: a style trained after GIMP started is usable at once.
         rw = GObject.ParamFlags.READWRITE
@@ -317,6 +316,7 @@ class Impasto(Gimp.PlugIn):
                 "alpha. 'model' is an installed style's name, empty for the first one.",
                 name,
             )
+            procedure.add_menu_path("<Image>/Filters")
             procedure.add_string_argument("model", "_Style", "Style name", "", rw)
             procedure.add_double_argument(
                 "strength", "S_trength", "Blend with the original (0-1)", 0.0, 1.0, 1.0, rw
@@ -344,6 +344,7 @@ class Impasto(Gimp.PlugIn):
                 "sr-sharp), empty for the first one.",
                 name,
             )
+            procedure.add_menu_path("<Image>/Filters")
             procedure.add_string_argument("model", "_Model", "Upscaling model name", "", rw)
             output = choice(("new-image", "New image"), ("in-place", "Resize this image"))
             procedure.add_choice_argument("output", "_Output", "Output", output, "new-image", rw)

@@ -1,0 +1,318 @@
+"""The plug-in in real GIMP 3 (headless, in a Debian 13 chroot) against a core server on the host.
+
+One GIMP session runs every case of the batch script below and dumps pixels and messages; the
+tests then compare them with the engine called directly on the same pixels.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import make_model
+from tests.gimp import gimp_chroot
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))  # install.py lives at the repo root
+import install  # noqa: E402
+
+H, W = 48, 64  # small: the models have random weights and GIMP's start dominates anyway
+
+# Runs inside GIMP (python-fu-eval). Each case makes its image from raw bytes, calls a procedure
+# non-interactively as a script or another plug-in would, and dumps what a user would see.
+BATCH = r"""
+import json
+from pathlib import Path
+import gi
+gi.require_version("Gimp", "3.0")
+gi.require_version("Gegl", "0.4")
+from gi.repository import Gegl, Gimp
+
+OUT = Path(__OUT__)
+H, W = __H__, __W__
+pdb = Gimp.get_pdb()
+results = {}
+
+def rect(d):
+    return Gegl.Rectangle.new(0, 0, d.get_width(), d.get_height())
+
+def dump(drawable, name, fmt):
+    data = drawable.get_buffer().get(rect(drawable), 1.0, fmt, Gegl.AbyssPolicy.CLAMP)
+    (OUT / f"{name}.raw").write_bytes(bytes(data))
+
+def new_image(raw, base, layer_type, fmt):
+    image = Gimp.Image.new(W, H, base)
+    layer = Gimp.Layer.new(image, "photo", W, H, layer_type, 100.0, Gimp.LayerMode.NORMAL)
+    image.insert_layer(layer, None, 0)
+    if raw:
+        buffer = layer.get_buffer()
+        buffer.set(rect(layer), fmt, (OUT / raw).read_bytes())
+        buffer.flush()
+    return image, layer
+
+def call(name, image, layer, **args):
+    proc = pdb.lookup_procedure(name)
+    config = proc.create_config()
+    config.set_property("image", image)
+    config.set_core_object_array("drawables", [layer])
+    for key, value in args.items():
+        config.set_property(key.replace("_", "-"), value)
+    values = proc.run(config)
+    status = values.index(0)
+    error = values.index(1) if status != Gimp.PDBStatusType.SUCCESS and values.length() > 1 else ""
+    return values, {"status": status.value_nick, "error": error or ""}
+
+rgba = ("rgba.raw", Gimp.ImageBaseType.RGB, Gimp.ImageType.RGBA_IMAGE, "R'G'B'A u8")
+
+def new_layer():
+    # Whole layer, new layer on top; the original stays as it was.
+    image, layer = new_image(*rgba)
+    _, r = call("plug-in-impasto-stylize", image, layer, model="tiny")
+    layers = image.get_layers()
+    r["layers"] = [l.get_name() for l in layers]
+    dump(layers[0], "styled", "R'G'B'A u8")
+    dump(layers[-1], "original_after", "R'G'B'A u8")
+    return r
+
+def options():
+    # Strength and colour preservation reach the engine.
+    image, layer = new_image(*rgba)
+    _, r = call("plug-in-impasto-stylize", image, layer, model="tiny", strength=0.5,
+                preserve_colors=True, output="in-place")
+    dump(layer, "options", "R'G'B'A u8")
+    return r
+
+def selection():
+    # A feathered selection, in place: outside untouched, inside styled, the border blended.
+    image, layer = new_image(*rgba)
+    image.select_ellipse(Gimp.ChannelOps.REPLACE, 10, 6, 40, 30)
+    Gimp.Selection.feather(image, 8.0)
+    _, x, y, w, h = layer.mask_intersect()
+    mask = image.get_selection()
+    data = mask.get_buffer().get(rect(mask), 1.0, "Y float", Gegl.AbyssPolicy.CLAMP)
+    (OUT / "mask.raw").write_bytes(bytes(data))
+    _, r = call("plug-in-impasto-stylize", image, layer, model="tiny", output="in-place")
+    r["box"] = [x, y, w, h]
+    dump(layer, "selection", "R'G'B'A u8")
+    return r
+
+def gray():
+    image, layer = new_image("gray.raw", Gimp.ImageBaseType.GRAY, Gimp.ImageType.GRAY_IMAGE,
+                             "Y' u8")
+    _, r = call("plug-in-impasto-stylize", image, layer, model="tiny", output="in-place")
+    dump(layer, "gray", "Y' u8")
+    return r
+
+def upscale_new():
+    # Into a new image, returned to the caller.
+    image, layer = new_image(*rgba)
+    values, r = call("plug-in-impasto-upscale", image, layer, model="sr")
+    big = values.index(1)
+    r["size"] = [big.get_width(), big.get_height()]
+    r["source_size"] = [image.get_width(), image.get_height()]
+    dump(big.get_layers()[0], "upscaled", "R'G'B'A u8")
+    return r
+
+def upscale_in_place():
+    image, layer = new_image(*rgba)
+    _, r = call("plug-in-impasto-upscale", image, layer, model="sr", output="in-place")
+    r["size"] = [image.get_width(), image.get_height()]
+    dump(image.get_layers()[0], "upscaled_in_place", "R'G'B'A u8")
+    return r
+
+def unknown_model():
+    image, layer = new_image(*rgba)
+    return call("plug-in-impasto-stylize", image, layer, model="nope")[1]
+
+def wrong_kind():
+    image, layer = new_image(*rgba)
+    return call("plug-in-impasto-upscale", image, layer, model="tiny")[1]
+
+def indexed():
+    image, layer = new_image(None, Gimp.ImageBaseType.INDEXED, Gimp.ImageType.INDEXED_IMAGE, "")
+    return call("plug-in-impasto-stylize", image, layer, model="tiny")[1]
+
+for case in (new_layer, options, selection, gray, upscale_new, upscale_in_place, unknown_model,
+             wrong_kind, indexed):
+    try:
+        results[case.__name__] = case()
+    except Exception as e:  # one broken case must not hide the others
+        results[case.__name__] = {"status": "batch-error", "error": repr(e)}
+
+(OUT / "results.json").write_text(json.dumps(results))
+"""
+
+
+def photo_rgba() -> np.ndarray:
+    """Smooth colour structure and an alpha ramp (alpha must survive untouched)."""
+    y, x = np.mgrid[0:H, 0:W].astype(np.float32)
+    r = 127 + 100 * np.sin(x / 7.0) * np.cos(y / 9.0)
+    g = 127 + 90 * np.cos((x + y) / 11.0)
+    b = 40 + 3 * x
+    a = 80 + 175 * (x / (W - 1))
+    return np.clip(np.stack([r, g, b, a], -1), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def gimp_root() -> Path:
+    try:
+        return gimp_chroot.ensure_chroot()
+    except gimp_chroot.Unavailable as e:
+        pytest.skip(f"no real GIMP 3: {e}")
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory: pytest.TempPathFactory, gimp_root: Path):
+    """Run the batch script once in GIMP, with the core server on the host; yield (out, results)."""
+    work = tmp_path_factory.mktemp("gimp-e2e")
+    out = work / "out"
+    out.mkdir()
+    models = work / "models"
+    make_model(models, "tiny", width="compact")
+    make_model(models, "sr", kind="sr")
+    image = photo_rgba()
+    (out / "rgba.raw").write_bytes(image.tobytes())
+    (out / "gray.raw").write_bytes(image[..., 1].tobytes())
+    home = work / "home"
+    install.install_plugin_into(home / ".config" / "GIMP" / "3.0", Path(sys.executable))
+
+    server_env = {
+        "IMPASTO_MODELS_DIR": str(models),
+        "IMPASTO_CONFIG_DIR": str(work / "config"),
+        "IMPASTO_LOG_DIR": str(work / "log"),
+    }
+    saved = {k: os.environ.get(k) for k in server_env}
+    os.environ.update(server_env)  # the server started below inherits them
+    from core.client import Client
+
+    client = Client(python=sys.executable, repo=REPO)
+    try:
+        client.health()  # starts the server here, on the host; GIMP's plug-in finds it
+        script = BATCH.replace("__OUT__", repr(str(out))).replace("__H__", str(H))
+        script = script.replace("__W__", str(W))
+        env = {
+            "HOME": str(home),
+            "PATH": "/usr/bin:/bin",
+            "LANG": "C.UTF-8",
+            "IMPASTO_CONFIG_DIR": str(work / "config"),
+        }
+        with gimp_chroot.mounted(gimp_root, binds=(REPO, work)):
+            done = gimp_chroot.run_batch(gimp_root, script, env)
+        if not (out / "results.json").is_file():
+            pytest.fail(f"GIMP batch failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+        yield out, json.loads((out / "results.json").read_text()), image
+    finally:
+        client.shutdown()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def raw(out: Path, name: str, shape: tuple) -> np.ndarray:
+    return np.frombuffer((out / f"{name}.raw").read_bytes(), np.uint8).reshape(shape)
+
+
+def engine_result(op: str, image: np.ndarray, model: str, models: Path, **options) -> np.ndarray:
+    """The core's own answer for these pixels: the engine called directly, no server, no GIMP."""
+    from core.engine import Engine, StyleOptions
+
+    path = str(models / f"{model}.impasto")
+    if op == "stylize":
+        return Engine().stylize(path, image, StyleOptions(**options))
+    return Engine().upscale(path, image)
+
+
+def assert_close(got: np.ndarray, want: np.ndarray, tolerance: int = 2) -> None:
+    assert got.shape == want.shape
+    worst = np.abs(got.astype(int) - want.astype(int)).max()
+    assert worst <= tolerance, f"differs from the core's own result by up to {worst}"
+
+
+def test_stylize_new_layer_matches_the_core(session) -> None:
+    out, results, image = session
+    assert results["new_layer"]["status"] == "success", results["new_layer"]["error"]
+    assert len(results["new_layer"]["layers"]) == 2
+    styled = raw(out, "styled", image.shape)
+    assert np.abs(styled[..., :3].astype(int) - image[..., :3]).mean() > 5  # really restyled
+    assert np.array_equal(styled[..., 3], image[..., 3])  # alpha kept exactly
+    assert np.array_equal(raw(out, "original_after", image.shape), image)
+    want = engine_result("stylize", image, "tiny", out.parent / "models")
+    assert_close(styled, want)
+
+
+def test_stylize_options_reach_the_core(session) -> None:
+    out, results, image = session
+    assert results["options"]["status"] == "success", results["options"]["error"]
+    want = engine_result(
+        "stylize", image, "tiny", out.parent / "models", strength=0.5, preserve_colors=True
+    )
+    assert_close(raw(out, "options", image.shape), want)
+
+
+def test_feathered_selection_blends_and_outside_is_untouched(session) -> None:
+    out, results, image = session
+    case = results["selection"]
+    assert case["status"] == "success", case["error"]
+    got = raw(out, "selection", image.shape).astype(int)
+    mask = np.frombuffer((out / "mask.raw").read_bytes(), np.float32).reshape(H, W)
+    x, y, w, h = case["box"]
+    image = image.astype(int)
+    styled = np.array(image)  # what the core makes of the selection's bounding box
+    crop = image[y : y + h, x : x + w]
+    styled[y : y + h, x : x + w] = engine_result("stylize", crop, "tiny", out.parent / "models")
+
+    outside, inside = mask == 0, mask == 1
+    assert outside.sum() > 0 and inside.sum() > 0
+    assert np.array_equal(got[outside], image[outside])
+    assert np.abs(got[inside] - styled[inside]).max() <= 2
+    border = (mask > 0.1) & (mask < 0.9)
+    low = np.minimum(image, styled)[border][:, :3] - 2
+    high = np.maximum(image, styled)[border][:, :3] + 2
+    assert np.all((got[border][:, :3] >= low) & (got[border][:, :3] <= high))
+    assert np.array_equal(got[..., 3], image[..., 3])
+
+
+def test_grayscale_layer(session) -> None:
+    out, results, image = session
+    assert results["gray"]["status"] == "success", results["gray"]["error"]
+    gray = image[..., 1:2]
+    want = engine_result("stylize", gray, "tiny", out.parent / "models")
+    assert_close(raw(out, "gray", (H, W, 1)), want)
+
+
+def test_upscale_into_new_image_is_4x_and_matches_the_core(session) -> None:
+    out, results, image = session
+    case = results["upscale_new"]
+    assert case["status"] == "success", case["error"]
+    assert case["size"] == [4 * W, 4 * H] and case["source_size"] == [W, H]
+    want = engine_result("upscale", image, "sr", out.parent / "models")
+    assert_close(raw(out, "upscaled", (4 * H, 4 * W, 4)), want)
+
+
+def test_upscale_in_place_resizes_the_image(session) -> None:
+    out, results, image = session
+    case = results["upscale_in_place"]
+    assert case["status"] == "success", case["error"]
+    assert case["size"] == [4 * W, 4 * H]
+    want = engine_result("upscale", image, "sr", out.parent / "models")
+    assert_close(raw(out, "upscaled_in_place", (4 * H, 4 * W, 4)), want)
+
+
+def test_errors_say_what_to_do(session) -> None:
+    _, results, _ = session
+    unknown = results["unknown_model"]
+    assert unknown["status"] == "execution-error"
+    assert "nope" in unknown["error"] and "tiny" in unknown["error"]  # lists installed styles
+    wrong = results["wrong_kind"]
+    assert wrong["status"] == "execution-error" and "sr" in wrong["error"]
+    indexed = results["indexed"]
+    assert indexed["status"] == "execution-error" and "Image > Mode > RGB" in indexed["error"]
