@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests.conftest import make_model
 from tests.gimp import gimp_chroot
@@ -60,8 +61,9 @@ def new_image(raw, base, layer_type, fmt):
 def call(name, image, layer, **args):
     proc = pdb.lookup_procedure(name)
     config = proc.create_config()
-    config.set_property("image", image)
-    config.set_core_object_array("drawables", [layer])
+    if image is not None:
+        config.set_property("image", image)
+        config.set_core_object_array("drawables", [layer])
     for key, value in args.items():
         config.set_property(key.replace("_", "-"), value)
     values = proc.run(config)
@@ -70,6 +72,23 @@ def call(name, image, layer, **args):
     return values, {"status": status.value_nick, "error": error or ""}
 
 rgba = ("rgba.raw", Gimp.ImageBaseType.RGB, Gimp.ImageType.RGBA_IMAGE, "R'G'B'A u8")
+
+def script_fu_example():
+    # docs/gimp.md's Script-Fu example, on the only open image.
+    image, layer = new_image(*rgba)
+    image.set_selected_layers([layer])
+    _, r = call("plug-in-script-fu-eval", None, None, script=__SCRIPT_FU__)
+    r["layers"] = len(image.get_layers())
+    r["sizes"] = [[i.get_width(), i.get_height()] for i in Gimp.get_images()]
+    return r
+
+def python_example():
+    # docs/gimp.md's Python example, as written (files in OUT).
+    try:
+        exec(__PYTHON__, {})
+    except SystemExit as e:
+        return {"status": "execution-error", "error": str(e)}
+    return {"status": "success", "error": ""}
 
 def new_layer():
     # Whole layer, new layer on top; the original stays as it was.
@@ -139,7 +158,7 @@ def indexed():
     image, layer = new_image(None, Gimp.ImageBaseType.INDEXED, Gimp.ImageType.INDEXED_IMAGE, "")
     return call("plug-in-impasto-stylize", image, layer, model="tiny")[1]
 
-for case in (new_layer, options, selection, gray, upscale_new, upscale_in_place, unknown_model,
+for case in (script_fu_example, python_example, new_layer, options, selection, gray, upscale_new, upscale_in_place, unknown_model,
              wrong_kind, indexed):
     try:
         results[case.__name__] = case()
@@ -148,6 +167,29 @@ for case in (new_layer, options, selection, gray, upscale_new, upscale_in_place,
 
 (OUT / "results.json").write_text(json.dumps(results))
 """
+
+
+def docs_example(language: str, out: Path) -> str:
+    """A code block of docs/gimp.md, with its file and model names pointed at the test's."""
+    text = (REPO / "docs" / "gimp.md").read_text()
+    code = text.split(f"```{language}\n", 1)[1].split("```", 1)[0]
+    for name in ("photo.jpg", "photo-mosaic.png", "photo-mosaic-x4.png"):
+        code = code.replace(f'"{name}"', repr(str(out / name)))
+    return code.replace('"mosaic"', '"tiny"').replace('"sr-sharp"', '"sr"')
+
+
+def batch_script(out: Path) -> str:
+    values = {
+        "__OUT__": repr(str(out)),
+        "__H__": str(H),
+        "__W__": str(W),
+        "__SCRIPT_FU__": repr(docs_example("scheme", out)),
+        "__PYTHON__": repr(docs_example("python", out)),
+    }
+    script = BATCH
+    for key, value in values.items():
+        script = script.replace(key, value)
+    return script
 
 
 def photo_rgba() -> np.ndarray:
@@ -180,6 +222,7 @@ def session(tmp_path_factory: pytest.TempPathFactory, gimp_root: Path):
     image = photo_rgba()
     (out / "rgba.raw").write_bytes(image.tobytes())
     (out / "gray.raw").write_bytes(image[..., 1].tobytes())
+    Image.fromarray(image[..., :3]).save(out / "photo.jpg", quality=95)
     home = work / "home"
     install.install_plugin_into(home / ".config" / "GIMP" / "3.0", Path(sys.executable))
 
@@ -195,8 +238,7 @@ def session(tmp_path_factory: pytest.TempPathFactory, gimp_root: Path):
     client = Client(python=sys.executable, repo=REPO)
     try:
         client.health()  # starts the server here, on the host; GIMP's plug-in finds it
-        script = BATCH.replace("__OUT__", repr(str(out))).replace("__H__", str(H))
-        script = script.replace("__W__", str(W))
+        script = batch_script(out)
         env = {
             "HOME": str(home),
             "PATH": "/usr/bin:/bin",
@@ -316,3 +358,19 @@ def test_errors_say_what_to_do(session) -> None:
     assert wrong["status"] == "execution-error" and "sr" in wrong["error"]
     indexed = results["indexed"]
     assert indexed["status"] == "execution-error" and "Image > Mode > RGB" in indexed["error"]
+
+
+def test_docs_script_fu_example(session) -> None:
+    _, results, _ = session
+    case = results["script_fu_example"]
+    assert case["status"] == "success", case["error"]
+    assert case["layers"] == 2  # the styled layer was added above the original
+    assert [4 * W, 4 * H] in case["sizes"]  # the upscaled image
+
+
+def test_docs_python_example(session) -> None:
+    out, results, _ = session
+    case = results["python_example"]
+    assert case["status"] == "success", case["error"]
+    assert Image.open(out / "photo-mosaic.png").size == (W, H)
+    assert Image.open(out / "photo-mosaic-x4.png").size == (4 * W, 4 * H)
