@@ -1,0 +1,532 @@
+"""The `python -m core` command line: stylize and upscale image files and folders, list models, serve."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from core import __version__
+from core.images import (
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_QUALITY,
+    FORMATS,
+    INPUT_SUFFIXES,
+    ImageError,
+    ImageTooLargeError,
+    check_writable,
+    holds_16_bits,
+    load_image,
+    output_format,
+    save_image,
+    to_uint8,
+)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+OUTPUT_FORMATS = ("png", "jpg", "webp", "tif", "bmp")
+
+EPILOG = """\
+Inputs are image files or folders (the images directly inside a folder are processed; other files are
+left alone). Outputs: with one input file, -o names the output file (its suffix sets the format) or a
+folder; with several inputs or a folder, -o is a folder, created if needed, and each result keeps its
+input's name. Without -o, results go next to each input as NAME-{tag}.EXT (a folder input gets a
+sibling folder FOLDER-{tag}). An input is never overwritten; an existing output is kept unless
+--overwrite is given. Files are written under a temporary name and renamed when complete, so Ctrl-C
+never leaves a half-written file. 16-bit PNGs stay 16-bit when the output is PNG.
+
+Exit status: 0 all done, 1 some images failed (each is reported, the others are processed),
+2 bad options or unknown model, 130 interrupted."""
+
+
+class UsageError(Exception):
+    """The command line cannot work as given (exit status 2)."""
+
+
+# ---------------------------------------------------------------- argument parsing
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1")
+    return value
+
+
+def _positive(kind):
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its error messages
+    return parse
+
+
+def _megapixels(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is negative")
+    return value
+
+
+def _add_job_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by stylize and upscale: inputs, outputs, hardware and safety limits."""
+    parser.add_argument(
+        "inputs", nargs="+", type=Path, metavar="INPUT", help="image files or folders"
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        metavar="OUT",
+        help="output file (one input) or folder (see below); default: next to each input",
+    )
+    parser.add_argument(
+        "--format",
+        choices=OUTPUT_FORMATS,
+        help="output format for folder outputs and default names (default: the input's format, "
+        "PNG for formats Impasto cannot write); an -o file name's suffix sets its own format",
+    )
+    parser.add_argument(
+        "--quality",
+        type=int,
+        choices=range(1, 101),
+        default=DEFAULT_QUALITY,
+        metavar="1-100",
+        help=f"JPEG and WebP quality (default {DEFAULT_QUALITY})",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing output files (inputs are never overwritten)",
+    )
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cuda", "mps", "cpu"),
+        default="auto",
+        help="where to compute (default auto: a CUDA or Apple GPU when there is one, else the CPU)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("auto", "openvino", "torch"),
+        default="auto",
+        help="inference runtime on the CPU (default auto: OpenVINO when installed, else PyTorch)",
+    )
+    parser.add_argument(
+        "--tile-size",
+        type=_positive(int),
+        metavar="PX",
+        help="process big images in tiles of at most PX x PX pixels to bound memory "
+        "(default: chosen from the available memory)",
+    )
+    parser.add_argument(
+        "--max-megapixels",
+        type=_megapixels,
+        default=DEFAULT_MAX_PIXELS / 1e6,
+        metavar="MP",
+        help=f"refuse larger images, a guard against decompression bombs "
+        f"(default {DEFAULT_MAX_PIXELS / 1e6:g}; 0: no limit)",
+    )
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", help="print only errors (no progress or notes)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `python -m core` parser; `serve` gets its options from core.server when it is used."""
+    parser = argparse.ArgumentParser(
+        prog="python -m core",
+        description="Impasto: real-time neural style transfer and x4 super-resolution.",
+    )
+    parser.add_argument("--version", action="version", version=f"impasto {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    formatter = argparse.RawDescriptionHelpFormatter
+
+    stylize = commands.add_parser(
+        "stylize",
+        help="restyle images with a style model",
+        description="Restyle images with a trained style model (see `python -m core styles`).",
+        epilog=EPILOG.format(tag="STYLE"),
+        formatter_class=formatter,
+    )
+    stylize.add_argument(
+        "-s",
+        "--style",
+        required=True,
+        metavar="NAME",
+        help="style model name or path to a .impasto file",
+    )
+    stylize.add_argument(
+        "--strength",
+        type=_fraction,
+        default=1.0,
+        metavar="0-1",
+        help="blend of the styled result with the original: 1 full style, 0 the original (default 1)",
+    )
+    stylize.add_argument(
+        "--preserve-colors",
+        "--preserve-colours",
+        action="store_true",
+        help="keep the original colours and take only the style's brush strokes (luminance)",
+    )
+    stylize.add_argument(
+        "--style-scale",
+        type=_positive(float),
+        default=1.0,
+        metavar="F",
+        help="size of the style's strokes: the image is styled at F times its size and brought back, "
+        "so 0.5 gives strokes twice as large, 2 finer ones (default 1)",
+    )
+    _add_job_options(stylize)
+
+    upscale = commands.add_parser(
+        "upscale",
+        help="enlarge images x4 with a super-resolution model",
+        description="Enlarge images four times in width and height with a super-resolution model.",
+        epilog=EPILOG.format(tag="x4"),
+        formatter_class=formatter,
+    )
+    upscale.add_argument(
+        "-m",
+        "--model",
+        metavar="NAME",
+        help="upscaling model name or path (default: the first installed one, by name)",
+    )
+    _add_job_options(upscale)
+
+    styles = commands.add_parser(
+        "styles",
+        help="list installed style and upscaling models",
+        description="List installed models: name, display name, kind, network width, description.",
+    )
+    styles.add_argument("--kind", choices=("style", "sr"), help="only this kind of model")
+
+    commands.add_parser(
+        "serve",
+        help="run the local server the GIMP plug-in talks to",
+        description="Run the local inference server used by the GIMP plug-in.",
+        add_help=False,  # core.server adds its options (and -h) when the command is used
+    )
+    return parser
+
+
+# ---------------------------------------------------------------- planning outputs
+
+
+@dataclass
+class Job:
+    """One input image and where its result goes."""
+
+    source: Path
+    target: Path
+
+
+@dataclass
+class Plan:
+    jobs: list[Job] = field(default_factory=list)
+    folders: list[Path] = field(default_factory=list)  # output folders to create
+
+
+def _suffix(source: Path, fmt: str | None) -> str:
+    if fmt:
+        return f".{fmt}"
+    suffix = source.suffix.lower()
+    return source.suffix if suffix in FORMATS else ".png"
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES and not p.name.startswith(".")
+    )
+
+
+def _is_folder_name(path: Path) -> bool:
+    return path.is_dir() or str(path).endswith((os.sep, "/")) or not path.suffix
+
+
+def plan_outputs(inputs: list[Path], output: Path | None, tag: str, fmt: str | None) -> Plan:
+    """Pair each input image with its output path, following the rules in the --help epilog."""
+    for source in inputs:
+        if not source.exists():
+            raise UsageError(f"{source}: no such file or folder")
+    plan = Plan()
+    several = len(inputs) > 1 or any(p.is_dir() for p in inputs)
+    if output is not None and not _is_folder_name(output):
+        try:
+            output_format(output)
+        except ImageError as e:
+            raise UsageError(f"{e}, or give a folder") from None
+        if several:
+            raise UsageError(f"{output}: several inputs need an output folder, not a file name")
+        if fmt and output_format(output) != output_format(f"x.{fmt}"):
+            raise UsageError(f"--format {fmt} contradicts the output file name {output.name}")
+        plan.jobs.append(Job(inputs[0], output))
+        return plan
+    if output is not None:
+        plan.folders.append(output)
+    for source in inputs:
+        if source.is_dir():
+            folder = output or source.resolve().with_name(f"{source.resolve().name}-{tag}")
+            if output is None:
+                plan.folders.append(folder)
+            for image in _images_in(source):
+                plan.jobs.append(Job(image, folder / (image.stem + _suffix(image, fmt))))
+        elif output is not None:
+            plan.jobs.append(Job(source, output / (source.stem + _suffix(source, fmt))))
+        else:
+            plan.jobs.append(
+                Job(source, source.with_name(f"{source.stem}-{tag}{_suffix(source, fmt)}"))
+            )
+    for folder in plan.folders:
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"{folder}: exists and is not a folder")
+    if not plan.jobs:
+        raise UsageError("no images found in the given folders")
+    return plan
+
+
+# ---------------------------------------------------------------- progress on stderr
+
+
+class Progress:
+    """Per-image lines and, on a terminal, a live tile bar; notes and errors always get a line."""
+
+    def __init__(self, total: int, quiet: bool, stream=None):
+        self.total = total
+        self.quiet = quiet
+        self.stream = stream or sys.stderr
+        self.live = not quiet and self.stream.isatty()
+        self.prefix = ""
+        self.started = 0.0
+        self.dirty = False  # a live line is on screen
+
+    def start(self, index: int, source: Path) -> None:
+        self.prefix = f"[{index}/{self.total}] {source.name}" if self.total > 1 else source.name
+        self.started = time.monotonic()
+        if self.live:
+            self._live(f"{self.prefix} ...")
+
+    def tiles(self, done: int, total: int) -> None:
+        if self.live and total > 0:
+            width = 24
+            filled = round(width * done / total)
+            self._live(
+                f"{self.prefix} [{'#' * filled}{'-' * (width - filled)}] {done}/{total} tiles"
+            )
+
+    def done(self, target: Path) -> None:
+        if not self.quiet:
+            self.line(f"{self.prefix} -> {target} ({time.monotonic() - self.started:.1f} s)")
+
+    def note(self, text: str) -> None:
+        if not self.quiet:
+            self.line(f"note: {text}")
+
+    def error(self, text: str) -> None:
+        self.line(f"error: {text}")
+
+    def line(self, text: str) -> None:
+        self.clear()
+        print(text, file=self.stream, flush=True)
+
+    def clear(self) -> None:
+        if self.dirty:
+            self.stream.write("\r\033[K")
+            self.dirty = False
+
+    def _live(self, text: str) -> None:
+        self.stream.write(f"\r\033[K{text}")
+        self.stream.flush()
+        self.dirty = True
+
+
+# ---------------------------------------------------------------- commands
+
+
+def _engine(args: argparse.Namespace):
+    """The engine for the chosen device, backend and tile size; torch loads here, not for --help."""
+    from core.engine import Engine, EngineError
+
+    try:
+        return Engine(device=args.device, backend=args.backend, tile_size=args.tile_size)
+    except EngineError as e:
+        raise UsageError(str(e)) from None
+
+
+def _check_model(engine, model: str, kind: str) -> None:
+    """Refuse, before any image is read, a model that is missing, unreadable or of the wrong kind."""
+    from core.engine import EngineError
+    from core.registry import UnknownModelError
+
+    try:
+        info = engine.model_info(model)
+    except (UnknownModelError, EngineError) as e:
+        raise UsageError(f"{e}; see `python -m core styles`") from None
+    if info.kind != kind:
+        raise UsageError(
+            f"{model!r} is an upscaling model, not a style; use `python -m core upscale`"
+            if kind == "style"
+            else f"{model!r} is a style model, not an upscaler; use `python -m core stylize`"
+        )
+
+
+def _process(args: argparse.Namespace, plan: Plan, engine, run) -> int:
+    """Shared loop of stylize and upscale; ``run(image, tiles_progress)`` transforms one image."""
+    from core.engine import EngineError
+
+    progress = Progress(len(plan.jobs), args.quiet)
+    max_pixels = int(args.max_megapixels * 1e6) or None
+    failed = done = 0
+    written: set[Path] = set()
+    try:
+        for index, job in enumerate(plan.jobs, 1):
+            progress.start(index, job.source)
+            try:
+                _process_one(args, job, run, progress, max_pixels, written)
+                done += 1
+            except ImageTooLargeError as e:
+                failed += 1
+                progress.error(f"{e} with --max-megapixels {-(-e.pixels // 1_000_000)}")
+            except (ImageError, EngineError) as e:
+                failed += 1
+                progress.error(str(e))
+    except KeyboardInterrupt:
+        progress.clear()
+        print(
+            f"interrupted: {done} of {len(plan.jobs)} images done; no partial output file was left",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    if failed and len(plan.jobs) > 1:
+        progress.line(f"{done} of {len(plan.jobs)} images done, {failed} failed")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _process_one(args, job: Job, run, progress: Progress, max_pixels, written: set[Path]) -> None:
+    source, target = job.source, job.target
+    if target.resolve() == source.resolve():
+        raise ImageError(f"{source.name}: the output would overwrite the input; choose another -o")
+    if target.resolve() in written:
+        raise ImageError(f"{source.name}: another input was already written to {target}")
+    if target.exists() and not args.overwrite:
+        raise ImageError(f"{target}: already exists; pass --overwrite to replace it")
+    notes: list[str] = []
+    image = load_image(source, max_pixels=max_pixels, notes=notes)
+    check_writable(target, image.shape[2])
+    if image.dtype != np.uint8 and not holds_16_bits(target):
+        # Nothing to gain from 16-bit processing that the output cannot hold.
+        image = to_uint8(image)
+        notes.append(f"{source.name}: 16-bit image processed in 8 bits, as {target.suffix} holds 8")
+    result = run(image, progress.tiles)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    save_image(target, result, quality=args.quality, notes=notes)
+    written.add(target.resolve())
+    for note in notes:
+        progress.note(note)
+    progress.done(target)
+
+
+def cmd_stylize(args: argparse.Namespace) -> int:
+    """Restyle each input image with the chosen style."""
+    plan = plan_outputs(args.inputs, args.output, Path(args.style).stem, args.format)
+    engine = _engine(args)
+    from core.engine import SCALE_RANGE, StyleOptions
+
+    if not SCALE_RANGE[0] <= args.style_scale <= SCALE_RANGE[1]:
+        raise UsageError(
+            f"--style-scale {args.style_scale} is out of range: use {SCALE_RANGE[0]} to {SCALE_RANGE[1]}"
+        )
+    _check_model(engine, args.style, "style")
+    options = StyleOptions(
+        strength=args.strength, preserve_colors=args.preserve_colors, scale=args.style_scale
+    )
+    return _process(
+        args, plan, engine, lambda image, tiles: engine.stylize(args.style, image, options, tiles)
+    )
+
+
+def cmd_upscale(args: argparse.Namespace) -> int:
+    """Enlarge each input image x4."""
+    plan = plan_outputs(args.inputs, args.output, "x4", args.format)
+    engine = _engine(args)
+    model = args.model or _default_upscaler()
+    _check_model(engine, model, "sr")
+    return _process(args, plan, engine, lambda image, tiles: engine.upscale(model, image, tiles))
+
+
+def _default_upscaler() -> str:
+    from core.registry import list_models
+
+    upscalers = list_models("sr")
+    if not upscalers:
+        raise UsageError(
+            "no upscaling model is installed; train one with `python -m trainer sr` or reinstall"
+        )
+    return upscalers[0].name
+
+
+def cmd_styles(args: argparse.Namespace) -> int:
+    """Print a table of installed models."""
+    from core.registry import list_models, user_models_dir
+
+    models = list_models(args.kind)
+    if not models:
+        print("No models installed.")
+    else:
+        rows = [("NAME", "DISPLAY NAME", "KIND", "WIDTH", "DESCRIPTION")]
+        for m in models:
+            width = m.options.get("width", "full") if m.kind == "style" else "-"
+            rows.append((m.name, m.display_name or m.name, m.kind, str(width), m.description))
+        sizes = [max(len(row[i]) for row in rows) for i in range(4)]
+        for row in rows:
+            print(
+                "  ".join(cell.ljust(size) for cell, size in zip(row[:4], sizes, strict=True))
+                + "  "
+                + row[4]
+            )
+    print(f"\nYour own models go in {user_models_dir()} (the trainer saves them there).")
+    return EXIT_OK
+
+
+def _serve(argv: list[str]) -> int:
+    try:
+        from core import server
+    except ModuleNotFoundError as e:
+        if e.name != "core.server":
+            raise
+        raise UsageError(
+            "the local server is not part of this installation (core/server.py)"
+        ) from None
+    parser = argparse.ArgumentParser(
+        prog="python -m core serve",
+        description="Run the local inference server used by the GIMP plug-in.",
+    )
+    server.add_arguments(parser)
+    return server.run(parser.parse_args(argv))
+
+
+COMMANDS = {"stylize": cmd_stylize, "upscale": cmd_upscale, "styles": cmd_styles}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; errors are one line on stderr and an exit status, never a traceback."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        if argv[:1] == ["serve"]:
+            return _serve(argv[1:])
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
