@@ -1,0 +1,484 @@
+"""The inference engine: stylise or upscale an image of any size with an Impasto model.
+
+Images larger than one tile are processed in overlapping tiles of bounded size whose overlaps are
+blended with linear ramps, so memory stays bounded (a 50-megapixel image works on a laptop).
+Style networks normalise every tile with statistics measured once on a thumbnail of the whole
+image (Thumbnail Instance Normalization, Chen et al., AAAI 2022), so tiles show no seams; an image
+that fits in one tile runs whole with its own statistics, exactly as the network was trained.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from core.modelfile import SUFFIX, ModelFileError, ModelInfo, load_model, read_info
+from core.networks import SR_RECEPTIVE_RADIUS
+from core.registry import find_model
+from core.runtime import (
+    OpenVINORunner,
+    RuntimeCancelled,
+    TorchRunner,
+    openvino_available,
+    openvino_has_bf16,
+)
+
+# Largest tile side in output pixels per device: bounds the network's activation memory.
+TILE_SIZE = {"cpu": 1024, "mps": 1024, "cuda": 2048}
+MIN_TILE_SIZE = 128  # out-of-memory retries halve the tile down to this
+THUMBNAIL_SIDE = 768  # longest side of the thumbnail whose statistics every tile uses
+# Tile edges inside the image: ``margin`` input pixels are dropped (their context is cut off),
+# then ``blend`` pixels ramp linearly into the neighbour. SR tiles are exact past its receptive field.
+STYLE_MARGIN, STYLE_BLEND = 32, 32
+SR_MARGIN, SR_BLEND = SR_RECEPTIVE_RADIUS, 8
+SR_MIN_INPUT_TILE = 64
+SCALE_RANGE = (0.1, 4.0)
+MIN_SIDE = 16
+MODEL_CACHE_SIZE = 3  # loaded models kept; each holds its compiled tile shapes
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as in JPEG's YCbCr
+
+Progress = Callable[[int, int], None]
+
+
+class EngineError(Exception):
+    """A job cannot run; the message says why and what to do."""
+
+
+class Cancelled(EngineError):
+    """The job was cancelled."""
+
+
+@dataclass
+class StyleOptions:
+    """How to stylise.
+
+    strength: 0..1, blend of the stylised result with the original (0 returns the original).
+    preserve_colors: keep the original colours, take only the luminance of the stylised result.
+    scale: 0.1..4, processing scale: the image is stylised at ``scale`` times its size and brought
+    back, so 0.5 gives strokes twice as coarse and 2 strokes twice as fine.
+    """
+
+    strength: float = 1.0
+    preserve_colors: bool = False
+    scale: float = 1.0
+
+
+@dataclass
+class _Loaded:
+    stamp: tuple[int, int]  # (mtime_ns, size) of the file: a retrained model is reloaded
+    info: ModelInfo
+    runner: TorchRunner | OpenVINORunner
+    has_norm: bool
+
+
+class Engine:
+    """Runs style and super-resolution models on one device, one job at a time.
+
+    tile_size: largest tile side in output pixels (default per device, TILE_SIZE); precision:
+    "auto" (fp16 on CUDA, bf16 on CPUs with native bf16, else fp32), "fp32", "fp16" or "bf16".
+    """
+
+    def __init__(
+        self,
+        device: str = "auto",
+        backend: str = "auto",
+        tile_size: int | None = None,
+        precision: str = "auto",
+    ) -> None:
+        self.device = _resolve_device(device)
+        self.backend = _resolve_backend(backend, self.device)
+        self.precision = _resolve_precision(precision, self.device, self.backend)
+        if tile_size is not None and tile_size < MIN_TILE_SIZE:
+            raise EngineError(f"tile size {tile_size} is too small: use at least {MIN_TILE_SIZE}")
+        self.tile_size = tile_size or TILE_SIZE[self.device]
+        self._lock = threading.Lock()
+        self._models: OrderedDict[Path, _Loaded] = OrderedDict()
+
+    def model_info(self, model: str | Path) -> ModelInfo:
+        """Metadata of a model given by registry name or path."""
+        path = _model_path(model, None)
+        try:
+            return read_info(path)
+        except ModelFileError as e:
+            raise EngineError(str(e)) from None
+
+    def stylize(
+        self,
+        model: str | Path,
+        image: np.ndarray,
+        options: StyleOptions | None = None,
+        progress: Progress | None = None,
+        cancel: threading.Event | None = None,
+    ) -> np.ndarray:
+        """Stylise an HxWxC image (C 1-4; uint8, uint16 or float32): same shape and dtype back."""
+        options = options or StyleOptions()
+        _check_options(options)
+        rgb, alpha = _split(image)
+        with self._lock:
+            loaded = self._load(model, "style")
+            h, w = rgb.shape[:2]
+            if options.scale == 1:
+                styled = self._run(loaded, rgb, progress, cancel)
+            else:
+                size = (
+                    max(MIN_SIDE, round(h * options.scale)),
+                    max(MIN_SIDE, round(w * options.scale)),
+                )
+                styled = self._run(loaded, _resize(rgb, size), progress, cancel)
+                styled = _resize(styled, (h, w))
+        if options.preserve_colors:
+            # Original chroma, stylised luminance: add the change in luma to every channel.
+            delta = _luma(styled) - _luma(rgb)
+            np.copyto(styled, rgb)
+            styled += delta[..., None]
+        if options.strength != 1:
+            styled -= rgb
+            styled *= options.strength
+            styled += rgb
+        return _join(styled, alpha, image)
+
+    def upscale(
+        self,
+        model: str | Path,
+        image: np.ndarray,
+        progress: Progress | None = None,
+        cancel: threading.Event | None = None,
+    ) -> np.ndarray:
+        """Upscale an HxWxC image x4 (C 1-4; uint8, uint16 or float32): 4Hx4WxC, same dtype back."""
+        rgb, alpha = _split(image)
+        with self._lock:
+            loaded = self._load(model, "sr")
+            scale = 4
+            upscaled = self._run(loaded, rgb, progress, cancel, scale=scale)
+        if alpha is not None:
+            size = (alpha.shape[0] * scale, alpha.shape[1] * scale)
+            alpha = _from_float(np.clip(_resize(_to_float(alpha), size), 0, 1), alpha.dtype)
+        return _join(upscaled, alpha, image)
+
+    def _load(self, model: str | Path, kind: str) -> _Loaded:
+        path = _model_path(model, kind)
+        stat = path.stat()
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        cached = self._models.get(path)
+        if cached is not None and cached.stamp == stamp:
+            self._models.move_to_end(path)
+            return cached
+        try:
+            net, info = load_model(path)
+        except ModelFileError as e:
+            raise EngineError(str(e)) from None
+        if info.kind != kind:
+            wanted = {"style": "a style model", "sr": "an upscaling model"}[kind]
+            raise EngineError(f"{info.name!r} is a {info.kind!r} model; this needs {wanted}")
+        has_norm = any(hasattr(m, "record") for m in net.modules())
+        if self.backend == "openvino":
+            runner: TorchRunner | OpenVINORunner = OpenVINORunner(net, path, self.precision)
+        else:
+            runner = TorchRunner(net, self.device, self.precision)
+        self._models[path] = _Loaded(stamp, info, runner, has_norm)
+        self._models.move_to_end(path)
+        while len(self._models) > MODEL_CACHE_SIZE:
+            self._models.popitem(last=False)
+        return self._models[path]
+
+    def _run(
+        self,
+        loaded: _Loaded,
+        rgb: np.ndarray,
+        progress: Progress | None,
+        cancel: threading.Event | None,
+        scale: int = 1,
+    ) -> np.ndarray:
+        """The network's output for an HxWx3 float image, tiled; smaller tiles when memory runs out."""
+        tile = self.tile_size
+        while True:
+            try:
+                return _run_tiled(loaded, rgb, tile, scale, progress, cancel)
+            except RuntimeCancelled:
+                raise Cancelled("cancelled") from None
+            except (RuntimeError, MemoryError) as e:
+                if not _out_of_memory(e):
+                    raise
+                if self.device == "cuda":
+                    torch.cuda.empty_cache()
+                if tile // 2 < MIN_TILE_SIZE:
+                    raise EngineError(
+                        "not enough memory to process this image even in small tiles: close other "
+                        "programs, or use a smaller image"
+                    ) from None
+                tile //= 2
+
+
+def _run_tiled(
+    loaded: _Loaded,
+    rgb: np.ndarray,
+    tile: int,
+    scale: int,
+    progress: Progress | None,
+    cancel: threading.Event | None,
+) -> np.ndarray:
+    runner = loaded.runner
+    h, w = rgb.shape[:2]
+    if loaded.has_norm:
+        margin, blend, align, in_tile = STYLE_MARGIN, STYLE_BLEND, 4, tile
+    else:
+        margin, blend, align = SR_MARGIN, SR_BLEND, 1
+        in_tile = max(tile // scale, SR_MIN_INPUT_TILE)
+    in_tile -= in_tile % align
+    # The style network halves the size twice: pad like it does, to a multiple of 4.
+    padded = _pad_to(rgb, align)
+    ph, pw = padded.shape[:2]
+    no_stats = np.zeros((2, 0), np.float32)
+    report = progress or (lambda done, total: None)
+
+    if ph <= in_tile and pw <= in_tile:
+        report(0, 1)
+        _check(cancel)
+        if loaded.has_norm:
+            out, _ = runner.run_live(_nchw(padded), cancel)
+        else:
+            out = runner.run_frozen(_nchw(padded), no_stats, cancel)
+        _check(cancel)
+        report(1, 1)
+        return _hwc(out)[: h * scale, : w * scale]
+
+    overlap = 2 * margin + blend
+    tile_h, starts_y = _plan_axis(ph, in_tile, overlap, align)
+    tile_w, starts_x = _plan_axis(pw, in_tile, overlap, align)
+    weights_y = _blend_weights(starts_y, tile_h, ph, margin, blend, scale)
+    weights_x = _blend_weights(starts_x, tile_w, pw, margin, blend, scale)
+    total = len(starts_y) * len(starts_x) + int(loaded.has_norm)
+    done = 0
+    report(done, total)
+    stats = no_stats
+    if loaded.has_norm:
+        _check(cancel)
+        stats = _thumbnail_stats(runner, rgb, cancel)
+        done += 1
+        report(done, total)
+    out = np.zeros((ph * scale, pw * scale, 3), np.float32)
+    for y0, wy in zip(starts_y, weights_y, strict=True):
+        for x0, wx in zip(starts_x, weights_x, strict=True):
+            _check(cancel)
+            piece = _nchw(padded[y0 : y0 + tile_h, x0 : x0 + tile_w])
+            result = _hwc(runner.run_frozen(piece, stats, cancel))
+            result *= wy[:, None, None]
+            result *= wx[None, :, None]
+            out[y0 * scale : (y0 + tile_h) * scale, x0 * scale : (x0 + tile_w) * scale] += result
+            done += 1
+            _check(cancel)
+            report(done, total)
+    return out[: h * scale, : w * scale]
+
+
+def _check(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise RuntimeCancelled
+
+
+def _thumbnail_stats(runner, rgb: np.ndarray, cancel: threading.Event | None) -> np.ndarray:
+    """Instance-norm statistics of the whole image, measured on a thumbnail."""
+    h, w = rgb.shape[:2]
+    factor = min(1.0, THUMBNAIL_SIDE / max(h, w))
+    factor = min(1.0, max(factor, 2 * MIN_SIDE / min(h, w)))  # very long images keep some height
+    thumbnail = _resize(rgb, (round(h * factor), round(w * factor))) if factor < 1 else rgb
+    _, stats = runner.run_live(_nchw(_pad_to(thumbnail, 4)), cancel)
+    return stats
+
+
+def _plan_axis(length: int, tile: int, overlap: int, align: int) -> tuple[int, list[int]]:
+    """Tile length and start positions along one axis: evenly spread, overlapping by >= overlap."""
+    if length <= tile:
+        return length, [0]
+    reach = overlap + align  # starts are rounded down to ``align``: keep that much slack
+    count = math.ceil((length - reach) / (tile - reach))
+    # Round tile lengths up to a multiple of 64 so few distinct shapes are ever compiled.
+    size = min(tile, 64 * math.ceil((math.ceil((length - reach) / count) + reach) / 64))
+    size -= size % align
+    count = math.ceil((length - size) / (size - reach)) + 1
+    step = (length - size) / (count - 1)
+    starts = [int(i * step) // align * align for i in range(count - 1)] + [length - size]
+    return size, starts
+
+
+def _blend_weights(
+    starts: list[int], size: int, length: int, margin: int, blend: int, scale: int
+) -> list[np.ndarray]:
+    """Per-tile 1-D weights in output pixels that sum to 1 at every position of the axis."""
+    ramp = (np.arange(blend * scale, dtype=np.float32) + 0.5) / (blend * scale)
+    cut = margin * scale
+    weights = []
+    for start in starts:
+        w = np.ones(size * scale, np.float32)
+        if start > 0:
+            w[:cut] = 0
+            w[cut : cut + ramp.size] = ramp
+        if start + size < length:
+            w[w.size - cut :] = 0
+            w[w.size - cut - ramp.size : w.size - cut] = np.minimum(
+                w[w.size - cut - ramp.size : w.size - cut], ramp[::-1]
+            )
+        weights.append(w)
+    total = np.zeros(length * scale, np.float32)
+    for start, w in zip(starts, weights, strict=True):
+        total[start * scale : start * scale + w.size] += w
+    assert total.min() > 0, "tiles overlap too little"
+    return [w / total[s * scale : s * scale + w.size] for s, w in zip(starts, weights, strict=True)]
+
+
+def _model_path(model: str | Path, kind: str | None) -> Path:
+    """A path if ``model`` is one (a Path, ends with the suffix or has a separator), else by name."""
+    text = str(model)
+    if isinstance(model, Path) or text.endswith(SUFFIX) or "/" in text or os.sep in text:
+        path = Path(model).expanduser()
+        if not path.is_file():
+            raise EngineError(f"model file not found: {path}")
+        return path.resolve()
+    return find_model(text, kind).resolve()
+
+
+def _check_options(options: StyleOptions) -> None:
+    if not 0 <= options.strength <= 1:
+        raise EngineError(f"strength {options.strength} is out of range: use 0 to 1")
+    low, high = SCALE_RANGE
+    if not low <= options.scale <= high:
+        raise EngineError(f"scale {options.scale} is out of range: use {low} to {high}")
+
+
+def _split(image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Float32 RGB in [0, 1] (gray repeated) and the alpha channel, untouched (or None)."""
+    if not isinstance(image, np.ndarray):
+        raise EngineError(f"image must be a numpy array, not {type(image).__name__}")
+    if image.dtype not in (np.uint8, np.uint16, np.float32):
+        raise EngineError(
+            f"unsupported pixel type {image.dtype}: use uint8, uint16 or float32 in [0, 1]"
+        )
+    pixels = image[..., None] if image.ndim == 2 else image
+    if pixels.ndim != 3 or not 1 <= pixels.shape[2] <= 4:
+        raise EngineError(
+            f"image shape {image.shape} is not HxWxC with C 1-4 (gray, gray+alpha, RGB, RGBA)"
+        )
+    if min(pixels.shape[:2]) < MIN_SIDE:
+        raise EngineError(
+            f"image is {pixels.shape[1]}x{pixels.shape[0]} pixels: "
+            f"use one at least {MIN_SIDE}x{MIN_SIDE}"
+        )
+    channels = pixels.shape[2]
+    color = pixels[..., :3] if channels >= 3 else np.repeat(pixels[..., :1], 3, axis=2)
+    alpha = pixels[..., channels - 1 :] if channels in (2, 4) else None
+    return _to_float(color), alpha
+
+
+def _join(rgb: np.ndarray, alpha: np.ndarray | None, like: np.ndarray) -> np.ndarray:
+    """Float RGB back to the layout and dtype of ``like`` (gray stays gray), alpha appended."""
+    channels = 1 if like.ndim == 2 else like.shape[2]
+    color = _luma(rgb)[..., None] if channels < 3 else rgb
+    out = _from_float(np.clip(color, 0, 1, out=color), like.dtype)
+    if alpha is not None:
+        out = np.concatenate([out, alpha], axis=2)
+    return out[..., 0] if like.ndim == 2 else out
+
+
+def _to_float(pixels: np.ndarray) -> np.ndarray:
+    if pixels.dtype == np.float32:
+        return np.clip(pixels, 0, 1)
+    return pixels.astype(np.float32) / np.float32(np.iinfo(pixels.dtype).max)
+
+
+def _from_float(pixels: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    if dtype == np.float32:
+        return pixels.astype(np.float32, copy=False)
+    top = np.iinfo(dtype).max
+    return np.rint(pixels * np.float32(top)).astype(dtype)
+
+
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    return rgb @ LUMA
+
+
+def _resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize HxWxC float32: antialiased when shrinking, bicubic when enlarging."""
+    t = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None]
+    if size[0] <= pixels.shape[0] and size[1] <= pixels.shape[1]:
+        t = F.interpolate(t, size=size, mode="bilinear", antialias=True, align_corners=False)
+    else:
+        t = F.interpolate(t, size=size, mode="bicubic", align_corners=False)
+    return t[0].permute(1, 2, 0).contiguous().numpy()
+
+
+def _pad_to(pixels: np.ndarray, multiple: int) -> np.ndarray:
+    h, w = pixels.shape[:2]
+    if h % multiple == 0 and w % multiple == 0:
+        return pixels
+    return np.pad(pixels, ((0, -h % multiple), (0, -w % multiple), (0, 0)), mode="reflect")
+
+
+def _nchw(pixels: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(pixels.transpose(2, 0, 1)[None])
+
+
+def _hwc(batch: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(batch[0].transpose(1, 2, 0))
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    if isinstance(error, MemoryError):
+        return True
+    text = str(error).lower()
+    return any(s in text for s in ("out of memory", "failed to allocate", "bad_alloc"))
+
+
+def _resolve_device(device: str) -> str:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    available = {
+        "cpu": True,
+        "cuda": torch.cuda.is_available(),
+        "mps": torch.backends.mps.is_available(),
+    }
+    if device not in available:
+        raise EngineError(f"unknown device {device!r}: use auto, cuda, mps or cpu")
+    if not available[device]:
+        raise EngineError(f"device {device!r} is not available on this machine: use auto or cpu")
+    return device
+
+
+def _resolve_backend(backend: str, device: str) -> str:
+    if backend == "auto":
+        return "openvino" if device == "cpu" and openvino_available() else "torch"
+    if backend == "torch":
+        return backend
+    if backend != "openvino":
+        raise EngineError(f"unknown backend {backend!r}: use auto, openvino or torch")
+    if device != "cpu":
+        raise EngineError(f"the openvino backend runs on the CPU: use backend torch on {device}")
+    if not openvino_available():
+        raise EngineError(
+            "the openvino backend is not installed: pip install openvino, or use torch"
+        )
+    return backend
+
+
+def _resolve_precision(precision: str, device: str, backend: str) -> str:
+    if precision == "auto":
+        if device == "cuda":
+            return "fp16"
+        if backend == "openvino" and openvino_has_bf16():
+            return "bf16"
+        return "fp32"
+    if precision not in ("fp32", "fp16", "bf16"):
+        raise EngineError(f"unknown precision {precision!r}: use auto, fp32, fp16 or bf16")
+    return precision

@@ -1,0 +1,240 @@
+"""Runs one loaded network on one input: PyTorch or OpenVINO, live or frozen instance-norm statistics.
+
+Both runtimes run the same two traced forms of a network:
+- ``LiveStats``: x -> (y, stats), the network's own per-image statistics, also returned packed as a
+  (2, channels) array of (mean, var) so a thumbnail's statistics can be reused;
+- ``FrozenStats``: (x, stats) -> y, every instance norm uses the given statistics (Thumbnail
+  Instance Normalization), so the network is local and tiles have no seams.
+OpenVINO takes the statistics as a graph input, so one compiled model per tile shape serves every
+image. Networks without instance norm (SR) return an empty (2, 0) statistics array.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.networks import InstanceNorm
+
+CACHE_ENV = "IMPASTO_CACHE_DIR"
+COMPILED_CACHE_SIZE = 4  # compiled shapes kept per runner; each holds its activation memory
+
+
+class RuntimeCancelled(Exception):
+    """The cancel event was set while a network was running."""
+
+
+def norm_layers(net: nn.Module) -> list[InstanceNorm]:
+    """The network's instance norms in a fixed order (the order of the packed statistics)."""
+    return [m for m in net.modules() if isinstance(m, InstanceNorm)]
+
+
+class LiveStats(nn.Module):
+    """The network with per-image statistics; also returns them packed as (2, channels)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.norms = norm_layers(net)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        for m in self.norms:
+            m.record, m.frozen = True, None
+        try:
+            y = self.net(x)
+            means = [m.frozen[0].flatten() for m in self.norms]  # type: ignore[index]
+            variances = [m.frozen[1].flatten() for m in self.norms]  # type: ignore[index]
+        finally:
+            for m in self.norms:
+                m.record, m.frozen = False, None
+        if not self.norms:
+            return y, x.new_zeros(2, 0, dtype=torch.float32)
+        return y, torch.stack([torch.cat(means), torch.cat(variances)])
+
+
+class FrozenStats(nn.Module):
+    """The network with every instance norm using given statistics, packed as (2, channels)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.norms = norm_layers(net)
+
+    def forward(self, x: torch.Tensor, stats: torch.Tensor | None = None) -> torch.Tensor:
+        start = 0
+        for m in self.norms:
+            c = m.weight.numel()
+            m.frozen = (
+                stats[0, start : start + c].view(1, c, 1, 1),
+                stats[1, start : start + c].view(1, c, 1, 1),
+            )
+            start += c
+        try:
+            return self.net(x)
+        finally:
+            for m in self.norms:
+                m.frozen = None
+
+
+def stats_channels(net: nn.Module) -> int:
+    """Length of the packed statistics of ``net`` (0 without instance norm)."""
+    return sum(m.weight.numel() for m in norm_layers(net))
+
+
+class TorchRunner:
+    """Runs a network with PyTorch on a device; half precision and channels_last on CUDA."""
+
+    def __init__(self, net: nn.Module, device: str, precision: str) -> None:
+        self.device = torch.device(device)
+        self.dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
+        # channels_last lets cuDNN use its fast NHWC kernels; on CPU it gains nothing here.
+        self.memory_format = torch.channels_last if device == "cuda" else torch.contiguous_format
+        net = net.to(self.device, self.dtype, memory_format=self.memory_format)
+        self.live, self.frozen = LiveStats(net), FrozenStats(net)
+
+    def _input(self, x: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(x).to(self.device, self.dtype)
+        return t.contiguous(memory_format=self.memory_format)
+
+    def run_live(
+        self, x: np.ndarray, cancel: threading.Event | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Output and statistics of a (1, 3, H, W) float32 input with H, W multiples of 4."""
+        with torch.inference_mode():
+            y, stats = self.live(self._input(x))
+            return y.float().cpu().numpy(), stats.float().cpu().numpy()
+
+    def run_frozen(
+        self, x: np.ndarray, stats: np.ndarray, cancel: threading.Event | None
+    ) -> np.ndarray:
+        """Output of a (1, 3, H, W) float32 input with the given packed statistics."""
+        with torch.inference_mode():
+            s = torch.from_numpy(stats).to(self.device, torch.float32)
+            return self.frozen(self._input(x), s).float().cpu().numpy()
+
+
+def cache_dir() -> Path:
+    """Where converted OpenVINO models are kept: $IMPASTO_CACHE_DIR, else the user cache folder."""
+    override = os.environ.get(CACHE_ENV)
+    if override:
+        return Path(override)
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("impasto"))
+
+
+def openvino_available() -> bool:
+    """Whether the openvino package imports."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def openvino_has_bf16() -> bool:
+    """Whether this CPU runs bf16 natively (AMX or AVX-512 BF16); without it bf16 is emulated, slower."""
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+class OpenVINORunner:
+    """Runs a network with OpenVINO on the CPU; one compiled model per (form, input shape).
+
+    The network is traced once and the result saved in the cache folder (keyed by the model file's
+    content), because tracing takes seconds and compiling a shape from it a fraction of a second.
+    """
+
+    def __init__(self, net: nn.Module, model_path: Path, precision: str) -> None:
+        import openvino as ov
+
+        self.core = ov.Core()
+        self.precision = {"bf16": "bf16", "fp16": "f16"}.get(precision, "f32")
+        self.channels = stats_channels(net)
+        self.forms = {"live": LiveStats(net), "frozen": FrozenStats(net)}
+        self.name = f"{model_path.stem}-{hashlib.sha256(model_path.read_bytes()).hexdigest()[:20]}"
+        self.traced: dict[str, object] = {}
+        self.compiled: OrderedDict[tuple, object] = OrderedDict()
+
+    def _traced(self, name: str):
+        """The traced form ``name``, from the cache folder when it was traced before."""
+        if name not in self.traced:
+            self.traced[name] = self._trace(name)
+        return self.traced[name]
+
+    def _trace(self, name: str):
+        import openvino as ov
+
+        path = cache_dir() / "openvino" / f"{self.name}-{name}.xml"
+        if path.is_file():
+            try:
+                return self.core.read_model(path)
+            except RuntimeError:
+                pass  # a damaged cache entry: trace again and overwrite it
+        x = torch.rand(1, 3, 64, 64)
+        example = (x, torch.ones(2, self.channels)) if name == "frozen" and self.channels else (x,)
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python code
+            model = ov.convert_model(self.forms[name], example_input=example)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.xml")
+        ov.save_model(model, tmp, compress_to_fp16=False)
+        os.replace(tmp.with_suffix(".bin"), path.with_suffix(".bin"))
+        os.replace(tmp, path)
+        return model
+
+    def _request(self, form: str, shape: tuple[int, ...]):
+        key = (form, shape)
+        if key in self.compiled:
+            self.compiled.move_to_end(key)
+            return self.compiled[key]
+        model = self._traced(form).clone()
+        shapes = {0: list(shape)}
+        if form == "frozen" and self.channels:
+            shapes[1] = [2, self.channels]
+        model.reshape(shapes)
+        compiled = self.core.compile_model(
+            model,
+            "CPU",
+            {"INFERENCE_PRECISION_HINT": self.precision, "PERFORMANCE_HINT": "LATENCY"},
+        )
+        request = compiled.create_infer_request()
+        self.compiled[key] = request
+        while len(self.compiled) > COMPILED_CACHE_SIZE:
+            self.compiled.popitem(last=False)
+        return request
+
+    def _infer(self, form: str, inputs: list[np.ndarray], cancel: threading.Event | None):
+        request = self._request(form, inputs[0].shape)
+        request.start_async(inputs)
+        # Poll so a cancel stops the job inside a tile, not only between tiles.
+        while not request.wait_for(100):
+            if cancel is not None and cancel.is_set():
+                request.cancel()
+                raise RuntimeCancelled
+        return [request.get_output_tensor(i).data.copy() for i in range(len(request.model_outputs))]
+
+    def run_live(
+        self, x: np.ndarray, cancel: threading.Event | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Output and statistics of a (1, 3, H, W) float32 input with H, W multiples of 4."""
+        y, stats = self._infer("live", [np.ascontiguousarray(x)], cancel)
+        return y, stats.reshape(2, self.channels)
+
+    def run_frozen(
+        self, x: np.ndarray, stats: np.ndarray, cancel: threading.Event | None
+    ) -> np.ndarray:
+        """Output of a (1, 3, H, W) float32 input with the given packed statistics."""
+        inputs = [np.ascontiguousarray(x)]
+        if self.channels:
+            inputs.append(np.ascontiguousarray(stats, dtype=np.float32))
+        return self._infer("frozen", inputs, cancel)[0]
