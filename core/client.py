@@ -257,10 +257,10 @@ class Client:
         conn = info.http(self.timeout)
         try:
             conn.request(method, path, headers=info.headers())
-            response = conn.getresponse()
-            if response.status != 200:
-                raise _refusal(response)
-            return json.loads(response.read())
+            with conn.getresponse() as response:
+                if response.status != 200:
+                    raise _refusal(response)
+                return json.loads(response.read())
         finally:
             conn.close()
 
@@ -309,9 +309,20 @@ class Client:
         conn.endheaders()
         if _server_continues(conn.sock, self.timeout):
             conn.send(pixels)
-        response = conn.getresponse()
+        with conn.getresponse() as response:  # closing it is what tells the server we are gone
+            return self._follow(response, progress, cancel, queued)
+
+    def _follow(
+        self,
+        response: http.client.HTTPResponse,
+        progress: Callable[[float], None] | None,
+        cancel: threading.Event | None,
+        queued: Callable[[int], None] | None,
+    ) -> tuple[bytes, int, int]:
+        """Read the job's events: report the queue and progress, stop on cancel, return the result."""
         if response.status != 200:
             raise _refusal(response)
+        done = -1.0
         while True:
             line = response.readline(1 << 16)
             if not line:
@@ -323,7 +334,9 @@ class Client:
             if kind == "status" and event["state"] == "queued" and queued:
                 queued(event["position"])
             elif kind == "status" and event.get("total") and progress:
-                progress(event["done"] / event["total"])
+                if event["done"] / event["total"] != done:
+                    done = event["done"] / event["total"]
+                    progress(done)
             elif kind == "error":
                 raise ImpastoError(event["message"], event["error"])
             elif kind == "result":

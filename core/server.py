@@ -220,15 +220,13 @@ class JobQueue:
         return "done", np.ascontiguousarray(result, dtype=dtype), None
 
 
-def _positive_int(params: dict[str, str], name: str) -> int:
+def _whole_number(params: dict[str, str], name: str, low: int, high: int) -> int:
     value = params.get(name)
     if value is None:
         raise RequestError(400, "bad_request", f"missing parameter {name!r}")
-    if not value.isdigit() or not 1 <= int(value) <= MAX_DIMENSION:
+    if not (value.isascii() and value.isdigit()) or not low <= int(value) <= high:
         raise RequestError(
-            400,
-            "bad_request",
-            f"{name} must be a whole number from 1 to {MAX_DIMENSION}, not {value!r}",
+            400, "bad_request", f"{name} must be a whole number from {low} to {high}, not {value!r}"
         )
     return int(value)
 
@@ -259,6 +257,7 @@ class Handler(BaseHTTPRequestHandler):
 
     server: ImpastoHTTPServer
     protocol_version = "HTTP/1.1"  # for Expect: 100-continue; every response still closes
+    default_request_version = "HTTP/1.0"  # answer even an HTTP/0.9-style request with a status line
     server_version = f"Impasto/{core.__version__}"
     error_content_type = "application/json"
     _checked: tuple[str, Any] | None = None
@@ -339,6 +338,8 @@ class Handler(BaseHTTPRequestHandler):
         if self._checked is None:
             self._check_caller()
             self.server.jobs.last_activity = time.monotonic()
+            if not self.path.startswith("/"):
+                raise RequestError(400, "bad_request", "the request target must be a path")
             url = urlsplit(self.path)
             route = url.path.rstrip("/") or "/"
             methods = {
@@ -380,10 +381,11 @@ class Handler(BaseHTTPRequestHandler):
         unknown = sorted(set(params) - allowed)
         if unknown:
             raise RequestError(400, "bad_request", f"unknown parameter {unknown[0]!r} for {op}")
-        width, height = _positive_int(params, "width"), _positive_int(params, "height")
-        channels = _positive_int(params, "channels")
-        if channels > 4:
-            raise RequestError(400, "bad_request", f"channels must be 1 to 4, not {channels}")
+        from core.engine import MIN_SIDE, SCALE_RANGE
+
+        width = _whole_number(params, "width", MIN_SIDE, MAX_DIMENSION)
+        height = _whole_number(params, "height", MIN_SIDE, MAX_DIMENSION)
+        channels = _whole_number(params, "channels", 1, 4)
         dtype = params.get("dtype", "u8")
         if dtype not in SAMPLE_TYPES:
             raise RequestError(
@@ -401,12 +403,13 @@ class Handler(BaseHTTPRequestHandler):
                 "server with a larger --max-megapixels",
             )
         expected = width * height * channels * SAMPLE_TYPES[dtype][1]
-        length = self.headers.get("Content-Length")
-        if "Transfer-Encoding" in self.headers or length is None:
+        lengths = self.headers.get_all("Content-Length") or []
+        if "Transfer-Encoding" in self.headers or len(lengths) != 1:
             raise RequestError(
-                411, "length_required", "send the pixels with a Content-Length header"
+                411, "length_required", "send the pixels with one Content-Length header"
             )
-        if not length.isdigit() or int(length) != expected:
+        length = lengths[0]
+        if not (length.isascii() and length.isdigit()) or int(length) != expected:
             raise RequestError(
                 400,
                 "bad_length",
@@ -418,7 +421,7 @@ class Handler(BaseHTTPRequestHandler):
             options = {
                 "strength": _number(params, "strength", 1.0, 0.0, 1.0),
                 "preserve_colors": _flag(params, "preserve_colors"),
-                "scale": _number(params, "scale", 1.0, 0.1, 4.0),
+                "scale": _number(params, "scale", 1.0, *SCALE_RANGE),
             }
         name = params.get("model", "")
         return {
@@ -466,6 +469,8 @@ class Handler(BaseHTTPRequestHandler):
                 self._run_job(op, request)
         except RequestError as e:
             self._refuse(e)
+        except ConnectionError:
+            self.close_connection = True  # the client went away: nobody to answer
         except Exception:  # noqa: BLE001 - a bug must answer 500, not drop the connection silently
             self._internal_error()
 
@@ -484,7 +489,12 @@ class Handler(BaseHTTPRequestHandler):
         buffer = bytearray(size)
         view, got = memoryview(buffer), 0
         while got < size:
-            n = self.rfile.readinto(view[got:])
+            try:
+                n = self.rfile.readinto(view[got:])
+            except TimeoutError:
+                raise RequestError(
+                    408, "timeout", f"the pixels stopped arriving after {got} of {size} bytes"
+                ) from None
             if not n:
                 raise RequestError(400, "bad_length", f"the body ended after {got} of {size} bytes")
             got += n
@@ -709,6 +719,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tile-size", type=int, default=None, help="tile size in pixels (default: automatic)"
     )
     parser.add_argument(
+        "--precision", default="auto", help="fp32, fp16, bf16 or auto (default: per device)"
+    )
+    parser.add_argument(
         "--idle-timeout",
         type=float,
         default=DEFAULT_IDLE_TIMEOUT,
@@ -755,9 +768,13 @@ def run(args: argparse.Namespace) -> int:
         log.info("removing stale connection file (pid %d is gone)", running.pid)
         withdraw_connection(running.pid)
 
-    from core.engine import Engine
+    from core.engine import Engine, EngineError
 
-    engine = Engine(device=args.device, backend=args.backend, tile_size=args.tile_size)
+    try:
+        engine = Engine(args.device, args.backend, args.tile_size, args.precision)
+    except EngineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     jobs = JobQueue(engine)
     host = "127.0.0.1" if args.host == "localhost" else args.host
     server = ImpastoHTTPServer((host, args.port), jobs, args)
