@@ -170,7 +170,10 @@ def upscale(image, drawable, client, config, interactive: bool):
         target_image.insert_layer(layer, None, 0)
         write_pixels(layer, 0, 0, new_width, new_height, fmt, result)
         if interactive:
-            Gimp.Display.new(target_image)
+            try:
+                Gimp.Display.new(target_image)
+            except TypeError:  # gimp-console has no displays; the image is still returned
+                pass
     else:
         target_image = image
         image.undo_group_start()
@@ -326,7 +329,7 @@ class Impasto(Gimp.PlugIn):
             )
             procedure.add_double_argument(
                 "style-scale",
-                "Style s_cale",
+                "Style _scale",
                 "Processing scale: 0.5 gives strokes twice as large, 2 finer ones",
                 0.25,
                 4.0,
@@ -334,7 +337,7 @@ class Impasto(Gimp.PlugIn):
                 rw,
             )
             output = choice(("new-layer", "New layer"), ("in-place", "In place"))
-            procedure.add_choice_argument("output", "_Output", "Output", output, "new-layer", rw)
+            procedure.add_choice_argument("output", "O_utput", "Output", output, "new-layer", rw)
         else:
             procedure.set_menu_label("_Upscale x4...")
             procedure.set_documentation(
@@ -347,7 +350,7 @@ class Impasto(Gimp.PlugIn):
             procedure.add_menu_path("<Image>/Filters")
             procedure.add_string_argument("model", "_Model", "Upscaling model name", "", rw)
             output = choice(("new-image", "New image"), ("in-place", "Resize this image"))
-            procedure.add_choice_argument("output", "_Output", "Output", output, "new-image", rw)
+            procedure.add_choice_argument("output", "O_utput", "Output", output, "new-image", rw)
             procedure.add_image_return_value("new-image", "Image", "The upscaled image", True, rw)
         return procedure
 

@@ -11,13 +11,15 @@ import contextlib
 import fcntl
 import os
 import shutil
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 DEFAULT_ROOT = Path("/var/cache/impasto-gimp-chroot")
 MIRROR = "http://deb.debian.org/debian"
-PACKAGES = ["gimp", "python3-gi", "gir1.2-gimp-3.0"]
+PACKAGES = ["gimp", "python3-gi", "gir1.2-gimp-3.0", "xvfb", "xauth", "xdotool"]
 GIMP = "gimp-console-3.0"
 READY = ".impasto-ready"  # written last: a half-built chroot is never mistaken for a good one
 
@@ -41,7 +43,7 @@ def _run(cmd: list[str], what: str, timeout: float = 900) -> None:
 def ensure_chroot(root: Path | None = None) -> Path:
     """Build the GIMP 3 chroot if it is not there yet (idempotent, under a lock); return its root."""
     root = root or chroot_root()
-    if (root / READY).is_file():
+    if _ready(root):
         return root
     if os.geteuid() != 0:
         raise Unavailable("building the GIMP 3 chroot needs root (debootstrap, chroot, mount)")
@@ -50,7 +52,7 @@ def ensure_chroot(root: Path | None = None) -> Path:
     root.parent.mkdir(parents=True, exist_ok=True)
     with open(root.parent / f"{root.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another test run may be building it right now
-        if (root / READY).is_file():
+        if _ready(root):
             return root
         if not (root / "usr/bin/apt-get").exists():
             if _mounts_under(root):
@@ -67,8 +69,16 @@ def ensure_chroot(root: Path | None = None) -> Path:
                  "install", "-y", "--no-install-recommends", *PACKAGES],
                 "installing GIMP 3 in the chroot",
             )  # fmt: skip
-        (root / READY).write_text("ok\n")
+        (root / READY).write_text(" ".join(PACKAGES) + "\n")
     return root
+
+
+def _ready(root: Path) -> bool:
+    """Built, with every package of PACKAGES (an older chroot just gets the new ones added)."""
+    try:
+        return set((root / READY).read_text().split()) >= set(PACKAGES)
+    except OSError:
+        return False
 
 
 def _mounts_under(root: Path) -> list[str]:
@@ -103,12 +113,69 @@ def mounted(root: Path, binds: tuple[Path, ...] = ()) -> Iterator[None]:
             subprocess.run(["umount", "-l", str(target)], capture_output=True)
 
 
+def _chroot(root: Path, env: dict[str, str], command: list[str]) -> list[str]:
+    return ["chroot", str(root), "env", "-i", *(f"{k}={v}" for k, v in env.items()), *command]
+
+
 def run_batch(
     root: Path, script: str, env: dict[str, str], timeout: float = 300
 ) -> subprocess.CompletedProcess:
     """Run a python-fu-eval batch script in headless GIMP inside the chroot (it must be mounted)."""
-    cmd = [
-        "chroot", str(root), "env", "-i", *(f"{k}={v}" for k, v in env.items()),
-        GIMP, "-i", "--batch-interpreter=python-fu-eval", "-b", "-", "--quit",
-    ]  # fmt: skip
-    return subprocess.run(cmd, input=script, capture_output=True, text=True, timeout=timeout)
+    command = [GIMP, "-i", "--batch-interpreter=python-fu-eval", "-b", "-", "--quit"]
+    # A session of its own, so a hung GIMP is killed with all its plug-ins.
+    with subprocess.Popen(
+        _chroot(root, env, command),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    ) as process:
+        try:
+            stdout, stderr = process.communicate(script, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            stdout, stderr = process.communicate()
+            stderr += f"\nGIMP killed after {timeout:g} s"
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+# Presses Return (OK) in every Impasto dialog that opens, as a user accepting the defaults would.
+_ACCEPT_DIALOGS = r"""
+while true; do
+  for w in $(xdotool search --name '^(Neural Style|Upscale x4)$' 2>/dev/null); do
+    sleep 1; xdotool windowfocus --sync "$w" key Return 2>/dev/null
+  done
+  sleep 0.3
+done
+"""
+
+
+@contextlib.contextmanager
+def virtual_display(root: Path) -> Iterator[str]:
+    """An X server inside the chroot whose dialogs get accepted; yields its DISPLAY value."""
+    display = f":{100 + os.getpid() % 400}"
+    env = {"PATH": "/usr/bin:/bin", "DISPLAY": display}
+    started = []
+    try:
+        for command in (
+            ["Xvfb", display, "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
+            ["bash", "-c", _ACCEPT_DIALOGS],
+        ):
+            started.append(
+                subprocess.Popen(
+                    _chroot(root, env, command),
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            )
+            time.sleep(1.0)  # the X server must accept connections before clients come
+        if started[0].poll() is not None:
+            raise Unavailable("Xvfb did not start in the chroot")
+        yield display
+    finally:
+        for process in started:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

@@ -6,6 +6,7 @@ tests then compare them with the engine called directly on the same pixels.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -158,7 +159,24 @@ def indexed():
     image, layer = new_image(None, Gimp.ImageBaseType.INDEXED, Gimp.ImageType.INDEXED_IMAGE, "")
     return call("plug-in-impasto-stylize", image, layer, model="tiny")[1]
 
-for case in (script_fu_example, python_example, new_layer, options, selection, gray, upscale_new, upscale_in_place, unknown_model,
+def dialog_stylize():
+    # As from the menu: the dialog lists the server's styles, the user accepts the defaults.
+    image, layer = new_image(*rgba)
+    _, r = call("plug-in-impasto-stylize", image, layer, run_mode=Gimp.RunMode.INTERACTIVE)
+    r["layers"] = [l.get_name() for l in image.get_layers()]
+    dump(image.get_layers()[0], "dialog_styled", "R'G'B'A u8")
+    return r
+
+def dialog_upscale():
+    image, layer = new_image(*rgba)
+    before = len(Gimp.get_images())
+    _, r = call("plug-in-impasto-upscale", image, layer, run_mode=Gimp.RunMode.INTERACTIVE)
+    r["new_images"] = len(Gimp.get_images()) - before
+    r["sizes"] = [[i.get_width(), i.get_height()] for i in Gimp.get_images()]
+    return r
+
+dialogs = (dialog_stylize, dialog_upscale) if __DIALOGS__ else ()
+for case in (*dialogs, script_fu_example, python_example, new_layer, options, selection, gray, upscale_new, upscale_in_place, unknown_model,
              wrong_kind, indexed):
     try:
         results[case.__name__] = case()
@@ -178,8 +196,9 @@ def docs_example(language: str, out: Path) -> str:
     return code.replace('"mosaic"', '"tiny"').replace('"sr-sharp"', '"sr"')
 
 
-def batch_script(out: Path) -> str:
+def batch_script(out: Path, dialogs: bool) -> str:
     values = {
+        "__DIALOGS__": str(dialogs),
         "__OUT__": repr(str(out)),
         "__H__": str(H),
         "__W__": str(W),
@@ -238,14 +257,18 @@ def session(tmp_path_factory: pytest.TempPathFactory, gimp_root: Path):
     client = Client(python=sys.executable, repo=REPO)
     try:
         client.health()  # starts the server here, on the host; GIMP's plug-in finds it
-        script = batch_script(out)
         env = {
             "HOME": str(home),
             "PATH": "/usr/bin:/bin",
             "LANG": "C.UTF-8",
             "IMPASTO_CONFIG_DIR": str(work / "config"),
         }
-        with gimp_chroot.mounted(gimp_root, binds=(REPO, work)):
+        with gimp_chroot.mounted(gimp_root, binds=(REPO, work)), contextlib.ExitStack() as stack:
+            try:
+                env["DISPLAY"] = stack.enter_context(gimp_chroot.virtual_display(gimp_root))
+            except gimp_chroot.Unavailable:
+                pass  # the dialog tests skip; everything else runs headless
+            script = batch_script(out, dialogs="DISPLAY" in env)
             done = gimp_chroot.run_batch(gimp_root, script, env)
         if not (out / "results.json").is_file():
             pytest.fail(f"GIMP batch failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
@@ -374,3 +397,25 @@ def test_docs_python_example(session) -> None:
     assert case["status"] == "success", case["error"]
     assert Image.open(out / "photo-mosaic.png").size == (W, H)
     assert Image.open(out / "photo-mosaic-x4.png").size == (4 * W, 4 * H)
+
+
+def dialog_case(results: dict, name: str) -> dict:
+    if name not in results:
+        pytest.skip("no X server (Xvfb) in the GIMP chroot for the dialogs")
+    case = results[name]
+    assert case["status"] == "success", case["error"]
+    return case
+
+
+def test_dialog_stylize_lists_the_servers_styles_and_runs(session) -> None:
+    out, results, image = session
+    case = dialog_case(results, "dialog_stylize")
+    assert case["layers"] == ["photo (Tiny)", "photo"]  # first style, by its display name
+    want = engine_result("stylize", image, "tiny", out.parent / "models")
+    assert_close(raw(out, "dialog_styled", image.shape), want)
+
+
+def test_dialog_upscale_opens_a_new_image(session) -> None:
+    _, results, _ = session
+    case = dialog_case(results, "dialog_upscale")
+    assert case["new_images"] == 1 and [4 * W, 4 * H] in case["sizes"]
