@@ -6,8 +6,10 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,6 +28,12 @@ from core.images import (
     save_image,
     to_uint8,
 )
+
+if TYPE_CHECKING:
+    from core.engine import Engine
+
+# Transforms one image, reporting progress(tiles_done, tiles_total).
+Transform = Callable[[np.ndarray, Callable[[int, int], None]], np.ndarray]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 OUTPUT_FORMATS = ("png", "jpg", "webp", "tif", "bmp")
@@ -227,12 +235,6 @@ class Job:
     target: Path
 
 
-@dataclass
-class Plan:
-    jobs: list[Job] = field(default_factory=list)
-    folders: list[Path] = field(default_factory=list)  # output folders to create
-
-
 def _suffix(source: Path, fmt: str | None) -> str:
     if fmt:
         return f".{fmt}"
@@ -252,12 +254,11 @@ def _is_folder_name(path: Path) -> bool:
     return path.is_dir() or str(path).endswith((os.sep, "/")) or not path.suffix
 
 
-def plan_outputs(inputs: list[Path], output: Path | None, tag: str, fmt: str | None) -> Plan:
+def plan_outputs(inputs: list[Path], output: Path | None, tag: str, fmt: str | None) -> list[Job]:
     """Pair each input image with its output path, following the rules in the --help epilog."""
     for source in inputs:
         if not source.exists():
             raise UsageError(f"{source}: no such file or folder")
-    plan = Plan()
     several = len(inputs) > 1 or any(p.is_dir() for p in inputs)
     if output is not None and not _is_folder_name(output):
         try:
@@ -268,29 +269,21 @@ def plan_outputs(inputs: list[Path], output: Path | None, tag: str, fmt: str | N
             raise UsageError(f"{output}: several inputs need an output folder, not a file name")
         if fmt and output_format(output) != output_format(f"x.{fmt}"):
             raise UsageError(f"--format {fmt} contradicts the output file name {output.name}")
-        plan.jobs.append(Job(inputs[0], output))
-        return plan
-    if output is not None:
-        plan.folders.append(output)
+        return [Job(inputs[0], output)]
+    jobs = []
     for source in inputs:
         if source.is_dir():
             folder = output or source.resolve().with_name(f"{source.resolve().name}-{tag}")
-            if output is None:
-                plan.folders.append(folder)
-            for image in _images_in(source):
-                plan.jobs.append(Job(image, folder / (image.stem + _suffix(image, fmt))))
-        elif output is not None:
-            plan.jobs.append(Job(source, output / (source.stem + _suffix(source, fmt))))
+            jobs += [Job(p, folder / (p.stem + _suffix(p, fmt))) for p in _images_in(source)]
         else:
-            plan.jobs.append(
-                Job(source, source.with_name(f"{source.stem}-{tag}{_suffix(source, fmt)}"))
-            )
-    for folder in plan.folders:
+            folder = output or source.parent
+            name = source.stem + ("" if output else f"-{tag}") + _suffix(source, fmt)
+            jobs.append(Job(source, folder / name))
         if folder.exists() and not folder.is_dir():
             raise UsageError(f"{folder}: exists and is not a folder")
-    if not plan.jobs:
+    if not jobs:
         raise UsageError("no images found in the given folders")
-    return plan
+    return jobs
 
 
 # ---------------------------------------------------------------- progress on stderr
@@ -351,7 +344,7 @@ class Progress:
 # ---------------------------------------------------------------- commands
 
 
-def _engine(args: argparse.Namespace):
+def _engine(args: argparse.Namespace) -> Engine:
     """The engine for the chosen device, backend and tile size; torch loads here, not for --help."""
     from core.engine import Engine, EngineError
 
@@ -361,7 +354,7 @@ def _engine(args: argparse.Namespace):
         raise UsageError(str(e)) from None
 
 
-def _check_model(engine, model: str, kind: str) -> None:
+def _check_model(engine: Engine, model: str, kind: str) -> None:
     """Refuse, before any image is read, a model that is missing, unreadable or of the wrong kind."""
     from core.engine import EngineError
     from core.registry import UnknownModelError
@@ -378,16 +371,16 @@ def _check_model(engine, model: str, kind: str) -> None:
         )
 
 
-def _process(args: argparse.Namespace, plan: Plan, engine, run) -> int:
+def _process(args: argparse.Namespace, jobs: list[Job], run: Transform) -> int:
     """Shared loop of stylize and upscale; ``run(image, tiles_progress)`` transforms one image."""
     from core.engine import EngineError
 
-    progress = Progress(len(plan.jobs), args.quiet)
+    progress = Progress(len(jobs), args.quiet)
     max_pixels = int(args.max_megapixels * 1e6) or None
     failed = done = 0
     written: set[Path] = set()
     try:
-        for index, job in enumerate(plan.jobs, 1):
+        for index, job in enumerate(jobs, 1):
             progress.start(index, job.source)
             try:
                 _process_one(args, job, run, progress, max_pixels, written)
@@ -401,16 +394,24 @@ def _process(args: argparse.Namespace, plan: Plan, engine, run) -> int:
     except KeyboardInterrupt:
         progress.clear()
         print(
-            f"interrupted: {done} of {len(plan.jobs)} images done; no partial output file was left",
+            f"interrupted: {done} of {len(jobs)} images done; no partial output file was left",
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
-    if failed and len(plan.jobs) > 1:
-        progress.line(f"{done} of {len(plan.jobs)} images done, {failed} failed")
+    if failed and len(jobs) > 1:
+        progress.line(f"{done} of {len(jobs)} images done, {failed} failed")
     return EXIT_FAILED if failed else EXIT_OK
 
 
-def _process_one(args, job: Job, run, progress: Progress, max_pixels, written: set[Path]) -> None:
+def _process_one(
+    args: argparse.Namespace,
+    job: Job,
+    run: Transform,
+    progress: Progress,
+    max_pixels: int | None,
+    written: set[Path],
+) -> None:
+    """Load, transform and save one image; raises ImageError or EngineError for this image only."""
     source, target = job.source, job.target
     if target.resolve() == source.resolve():
         raise ImageError(f"{source.name}: the output would overwrite the input; choose another -o")
@@ -436,30 +437,31 @@ def _process_one(args, job: Job, run, progress: Progress, max_pixels, written: s
 
 def cmd_stylize(args: argparse.Namespace) -> int:
     """Restyle each input image with the chosen style."""
-    plan = plan_outputs(args.inputs, args.output, Path(args.style).stem, args.format)
+    jobs = plan_outputs(args.inputs, args.output, Path(args.style).stem, args.format)
     engine = _engine(args)
     from core.engine import SCALE_RANGE, StyleOptions
 
-    if not SCALE_RANGE[0] <= args.style_scale <= SCALE_RANGE[1]:
+    low, high = SCALE_RANGE
+    if not low <= args.style_scale <= high:
         raise UsageError(
-            f"--style-scale {args.style_scale} is out of range: use {SCALE_RANGE[0]} to {SCALE_RANGE[1]}"
+            f"--style-scale {args.style_scale:g} is out of range: use {low:g} to {high:g}"
         )
     _check_model(engine, args.style, "style")
     options = StyleOptions(
         strength=args.strength, preserve_colors=args.preserve_colors, scale=args.style_scale
     )
     return _process(
-        args, plan, engine, lambda image, tiles: engine.stylize(args.style, image, options, tiles)
+        args, jobs, lambda image, tiles: engine.stylize(args.style, image, options, tiles)
     )
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
     """Enlarge each input image x4."""
-    plan = plan_outputs(args.inputs, args.output, "x4", args.format)
+    jobs = plan_outputs(args.inputs, args.output, "x4", args.format)
     engine = _engine(args)
     model = args.model or _default_upscaler()
     _check_model(engine, model, "sr")
-    return _process(args, plan, engine, lambda image, tiles: engine.upscale(model, image, tiles))
+    return _process(args, jobs, lambda image, tiles: engine.upscale(model, image, tiles))
 
 
 def _default_upscaler() -> str:

@@ -355,7 +355,7 @@ def test_transparency_cannot_go_to_jpeg(models_dir, tmp_path, photo, capsys):
         (["missing.png"], "missing.png: no such file or folder"),
         (["photo.png", "-o", "out.psd"], "unknown output format '.psd'"),
         (["photo.png", "photo.png", "-o", "one.png"], "several inputs need an output folder"),
-        (["photo.png", "--style-scale", "9"], "--style-scale 9.0 is out of range"),
+        (["photo.png", "--style-scale", "9"], "--style-scale 9 is out of range: use 0.1 to 4"),
         (["photo.png", "--tile-size", "8"], "tile size 8 is too small"),
     ],
 )
@@ -398,3 +398,13 @@ def test_progress_bar_on_a_terminal_shows_tiles_and_clears_for_messages():
     shown = screen.getvalue()
     assert "[2/3] photo.jpg [##################------] 3/4 tiles" in shown
     assert shown.endswith("\r\033[Knote: something worth knowing\n")
+
+
+def test_folder_without_output_goes_to_a_sibling_folder(models_dir, tmp_path, photo, capsys):
+    (tmp_path / "photos").mkdir()
+    save_image(tmp_path / "photos" / "a.jpg", photo)
+    save_image(tmp_path / "photos" / "a.png", photo)
+    code, _, err = cli(capsys, "stylize", str(tmp_path / "photos"), "-s", "tiny", "--format", "png")
+    assert code == 1  # both inputs would become a.png: the second is refused, not overwritten
+    assert "a.png: another input was already written to" in one_error(err)
+    assert [p.name for p in (tmp_path / "photos-tiny").iterdir()] == ["a.png"]
