@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import secrets
 import struct
@@ -73,7 +74,9 @@ def load_image(
     if not path.is_file():
         raise ImageError(f"{path}: no such file")
     try:
-        with _open(path, max_pixels) as im:
+        # Pillow warns about oddities it works around (e.g. corrupt EXIF): not worth refusing for.
+        with warnings.catch_warnings(), _open(path, max_pixels) as im:
+            warnings.simplefilter("ignore")
             array = _read_png16(path, im, max_pixels)  # first: reading EXIF may decode the image
             if array is None:
                 array = _pixels(im, name, notes)
@@ -100,11 +103,7 @@ def _open(path: Path, max_pixels: int | None) -> Image.Image:
     saved = Image.MAX_IMAGE_PIXELS
     Image.MAX_IMAGE_PIXELS = None
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter(
-                "ignore"
-            )  # e.g. "Corrupt EXIF data": not worth refusing the image
-            im = Image.open(path)
+        im = Image.open(path)
     finally:
         Image.MAX_IMAGE_PIXELS = saved
     width, height = im.size
@@ -145,10 +144,38 @@ def _pixels(im: Image.Image, name: str, notes: list[str]) -> np.ndarray:
         target = _TARGET_MODE.get(mode, "RGB")
         if mode == "P" and "transparency" in im.info:
             target = "RGBA"
-        if mode in ("CMYK", "LAB", "HSV"):
+        managed = _to_srgb(im, name, notes) if mode in ("RGB", "CMYK") else None
+        if managed is not None:
+            im = managed
+        elif mode in ("CMYK", "LAB", "HSV"):
             notes.append(f"{name}: converted from {mode} to RGB")
-        array = np.asarray(im if target == mode else im.convert(target))
+        array = np.asarray(im if target == im.mode else im.convert(target))
     return array[..., None] if array.ndim == 2 else array
+
+
+def _to_srgb(im: Image.Image, name: str, notes: list[str]) -> Image.Image | None:
+    """The image in sRGB by its embedded colour profile; None if it has none or is already sRGB.
+
+    Networks work on sRGB-like values and outputs carry no profile, so a CMYK print file or a wide-
+    gamut (Adobe RGB, Display P3) photo would come out with wrong colours if taken as it is.
+    """
+    icc = im.info.get("icc_profile")
+    if not icc:
+        return None
+    try:
+        from PIL import ImageCms
+
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        description = ImageCms.getProfileDescription(profile).strip()
+        if description.lower().startswith("srgb"):  # "sRGB IEC61966-2.1", "sRGB built-in", ...
+            return None
+        srgb = ImageCms.createProfile("sRGB")
+        converted = ImageCms.profileToProfile(im, profile, srgb, outputMode="RGB")
+    except Exception:  # no colour management in this Pillow, or a profile it cannot apply
+        notes.append(f"{name}: its colour profile could not be applied; colours taken as they are")
+        return None
+    notes.append(f"{name}: converted from its colour profile ({description}) to sRGB")
+    return converted
 
 
 _TARGET_MODE = {

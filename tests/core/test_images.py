@@ -260,3 +260,69 @@ def test_write_into_a_missing_folder_is_a_clear_error(tmp_path):
     with pytest.raises(ImageError) as error:
         save_image(tmp_path / "nowhere" / "x.png", ramp(4, 4, 3))
     assert "cannot write" in one_line(error)
+
+
+def linear_rgb_profile() -> bytes:
+    """A minimal ICC v2 display profile: sRGB primaries with a linear (gamma 1) tone curve."""
+
+    def s15(v: float) -> bytes:
+        return struct.pack(">i", round(v * 65536))
+
+    def xyz(x: float, y: float, z: float) -> bytes:
+        return b"XYZ \0\0\0\0" + s15(x) + s15(y) + s15(z)
+
+    text = b"Linear test RGB\0"
+    desc = b"desc\0\0\0\0" + struct.pack(">I", len(text)) + text + b"\0" * 78
+    curve = b"curv\0\0\0\0" + struct.pack(">IH", 1, 0x0100)  # one entry: gamma 1.0
+    tags = [
+        (b"desc", desc),
+        (b"wtpt", xyz(0.9642, 1.0, 0.8249)),
+        (b"rXYZ", xyz(0.4361, 0.2225, 0.0139)),
+        (b"gXYZ", xyz(0.3851, 0.7169, 0.0971)),
+        (b"bXYZ", xyz(0.1431, 0.0606, 0.7141)),
+        (b"rTRC", curve),
+        (b"gTRC", curve),
+        (b"bTRC", curve),
+    ]
+    offset, table, data = 128 + 4 + 12 * len(tags), b"", b""
+    for signature, body in tags:
+        body += b"\0" * (-len(body) % 4)
+        table += signature + struct.pack(">II", offset + len(data), len(body))
+        data += body
+    header = struct.pack(">I4sI", offset + len(data), b"\0" * 4, 0x02100000)
+    header += b"mntrRGB XYZ " + b"\0" * 12 + b"acsp" + b"\0" * 28
+    header += s15(0.9642) + s15(1.0) + s15(0.8249) + b"\0" * 48
+    return header + struct.pack(">I", len(tags)) + table + data
+
+
+def test_colour_profile_is_applied_to_give_srgb(tmp_path):
+    # Mid-grey 128 in linear light is 188 in sRGB: taken as it is, the image would look too dark.
+    Image.new("RGB", (4, 4), (128, 128, 128)).save(
+        tmp_path / "linear.png", icc_profile=linear_rgb_profile()
+    )
+    notes: list[str] = []
+    loaded = load_image(tmp_path / "linear.png", notes=notes)
+    assert np.all(np.abs(loaded.astype(int) - 188) <= 1)
+    assert notes == ["linear.png: converted from its colour profile (Linear test RGB) to sRGB"]
+
+
+def test_srgb_profile_leaves_pixels_as_they_are(tmp_path):
+    from PIL import ImageCms
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    image = ramp(6, 8, 3)
+    Image.fromarray(image).save(tmp_path / "srgb.png", icc_profile=srgb)
+    notes: list[str] = []
+    np.testing.assert_array_equal(load_image(tmp_path / "srgb.png", notes=notes), image)
+    assert notes == []
+
+
+def test_unusable_colour_profile_is_noted_not_fatal(tmp_path):
+    from PIL import ImageCms
+
+    lab = ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes()  # not an RGB profile
+    image = ramp(6, 8, 3)
+    Image.fromarray(image).save(tmp_path / "odd.png", icc_profile=lab)
+    notes: list[str] = []
+    np.testing.assert_array_equal(load_image(tmp_path / "odd.png", notes=notes), image)
+    assert notes == ["odd.png: its colour profile could not be applied; colours taken as they are"]
