@@ -330,10 +330,10 @@ def test_feathered_selection_blends_and_outside_is_untouched(session) -> None:
     got = raw(out, "selection", image.shape).astype(int)
     mask = np.frombuffer((out / "mask.raw").read_bytes(), np.float32).reshape(H, W)
     x, y, w, h = case["box"]
-    image = image.astype(int)
-    styled = np.array(image)  # what the core makes of the selection's bounding box
+    styled = image.astype(int)  # what the core makes of the selection's bounding box
     crop = image[y : y + h, x : x + w]
     styled[y : y + h, x : x + w] = engine_result("stylize", crop, "tiny", out.parent / "models")
+    image = image.astype(int)
 
     outside, inside = mask == 0, mask == 1
     assert outside.sum() > 0 and inside.sum() > 0
