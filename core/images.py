@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import secrets
 import struct
 import warnings
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -75,16 +77,21 @@ def load_image(
         raise ImageError(f"{path}: no such file")
     try:
         # Pillow warns about oddities it works around (e.g. corrupt EXIF): not worth refusing for.
-        with warnings.catch_warnings(), _open(path, max_pixels) as im:
+        with _pillow_limit(max_pixels), warnings.catch_warnings(), _open(path, max_pixels) as im:
             warnings.simplefilter("ignore")
             array = _read_png16(path, im, max_pixels)  # first: reading EXIF may decode the image
             if array is None:
                 array = _pixels(im, name, notes)
             orientation = _orientation(im)
-            if getattr(im, "n_frames", 1) > 1:
+            if getattr(im, "n_frames", 1) > 1 and im.format != "MPO":  # MPO: a camera's preview
                 notes.append(f"{name}: has {im.n_frames} frames; only the first is used")
     except ImageError:
         raise
+    except Image.DecompressionBombError:  # a frame or tile larger than the image declared
+        raise ImageError(
+            f"{name}: part of the image is over the {max_pixels / 1e6:g}-megapixel safety limit "
+            "against decompression bombs; raise the limit only if you trust this file"
+        ) from None
     except UnidentifiedImageError:
         raise ImageError(
             f"{name}: not an image file Impasto can read (use PNG, JPEG, WebP, TIFF or BMP)"
@@ -97,15 +104,24 @@ def load_image(
     return np.ascontiguousarray(upright(array)) if upright else array
 
 
-def _open(path: Path, max_pixels: int | None) -> Image.Image:
-    # Our limit replaces Pillow's own check, which cannot be raised per call and warns or fails
-    # with a message that does not say what to do.
+@contextlib.contextmanager
+def _pillow_limit(max_pixels: int | None) -> Iterator[None]:
+    """Pillow's own decompression-bomb limit set to ours while an image is read.
+
+    Pillow has one process-wide limit; the CLI reads one image at a time, so setting it is safe.
+    """
     saved = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None
+    Image.MAX_IMAGE_PIXELS = max_pixels
     try:
-        im = Image.open(path)
+        yield
     finally:
         Image.MAX_IMAGE_PIXELS = saved
+
+
+def _open(path: Path, max_pixels: int | None) -> Image.Image:
+    """Open an image lazily, refusing it with a clear message if it has too many pixels."""
+    with _pillow_limit(None):  # ours, below, says which limit and what to do
+        im = Image.open(path)
     width, height = im.size
     if max_pixels is not None and width * height > max_pixels:
         im.close()
