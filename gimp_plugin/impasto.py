@@ -54,7 +54,8 @@ def connect():
         sys.path.insert(0, repo)
     from core import client  # standard library only: safe in GIMP's Python
 
-    return client.Client(python=python, repo=repo)
+    # A generous timeout: the first job after a while waits for the server to load torch.
+    return client.Client(python=python, repo=repo, timeout=120)
 
 
 def pick_model(models: list, wanted: str, what: str) -> dict:
@@ -68,6 +69,30 @@ def pick_model(models: list, wanted: str, what: str) -> dict:
             return model
     known = ", ".join(m["name"] for m in models)
     raise PluginError(f"Unknown {what} '{wanted}'. Installed: {known}.")
+
+
+def label(model: dict) -> str:
+    return model.get("display_name") or model["name"]
+
+
+def job_progress(title: str) -> dict:
+    """Progress callbacks for a client job: GIMP's progress bar, and a note while it waits its turn."""
+    Gimp.progress_init(title)
+    waiting = False
+
+    def queued(ahead: int) -> None:
+        nonlocal waiting
+        waiting = True
+        Gimp.progress_set_text(f"{title}: waiting for {ahead} other job(s) to finish")
+
+    def progress(fraction: float) -> None:
+        nonlocal waiting
+        if waiting:
+            waiting = False
+            Gimp.progress_set_text(title)
+        Gimp.progress_update(fraction)
+
+    return {"progress": progress, "queued": queued}
 
 
 # ---- pixels ----------------------------------------------------------------------------------
@@ -121,7 +146,6 @@ def stylize(image, drawable, client, config) -> None:
         )
     fmt, channels = pixel_format(drawable)
     pixels = read_pixels(drawable, x, y, width, height, fmt)
-    Gimp.progress_init(f"Neural style: {style.get('display_name') or style['name']}")
     result = client.stylize(
         pixels,
         width,
@@ -131,14 +155,14 @@ def stylize(image, drawable, client, config) -> None:
         strength=config.get_property("strength"),
         preserve_colors=config.get_property("preserve-colors"),
         scale=config.get_property("style-scale"),
-        progress=Gimp.progress_update,
+        **job_progress(f"Neural style: {label(style)}"),
     )
     image.undo_group_start()
     try:
         target = drawable
         if config.get_property("output") == "new-layer":
             target = drawable.copy()  # outside the selection the new layer keeps the original
-            target.set_name(f"{drawable.get_name()} ({style.get('display_name') or style['name']})")
+            target.set_name(f"{drawable.get_name()} ({label(style)})")
             image.insert_layer(target, drawable.get_parent(), image.get_item_position(drawable))
         write_pixels(target, x, y, width, height, fmt, result)
     finally:
@@ -152,9 +176,13 @@ def upscale(image, drawable, client, config, interactive: bool):
     fmt, channels = pixel_format(drawable)
     width, height = drawable.get_width(), drawable.get_height()
     pixels = read_pixels(drawable, 0, 0, width, height, fmt)
-    Gimp.progress_init(f"Upscale x4: {model.get('display_name') or model['name']}")
     result, new_width, new_height = client.upscale(
-        pixels, width, height, channels, model["name"], progress=Gimp.progress_update
+        pixels,
+        width,
+        height,
+        channels,
+        model["name"],
+        **job_progress(f"Upscale x4: {label(model)}"),
     )
     if config.get_property("output") == "new-image":
         target_image = Gimp.Image.new(new_width, new_height, image.get_base_type())
@@ -203,7 +231,7 @@ def model_dialog(procedure, config, models: list, title: str, properties: list) 
     dialog = GimpUi.ProcedureDialog(procedure=procedure, config=config, title=title)
     combo = Gtk.ComboBoxText()
     for model in models:
-        combo.append(model["name"], model.get("display_name") or model["name"])
+        combo.append(model["name"], label(model))
     if not combo.set_active_id(config.get_property("model") or ""):
         combo.set_active(0)
 

@@ -175,9 +175,19 @@ def dialog_upscale():
     r["sizes"] = [[i.get_width(), i.get_height()] for i in Gimp.get_images()]
     return r
 
+def core_missing():
+    # As after moving the Impasto folder without re-running install.py.
+    core = Path(__CORE_FILE__)
+    core.rename(core.with_suffix(".hidden"))
+    try:
+        image, layer = new_image(*rgba)
+        return call("plug-in-impasto-stylize", image, layer)[1]
+    finally:
+        core.with_suffix(".hidden").rename(core)
+
 dialogs = (dialog_stylize, dialog_upscale) if __DIALOGS__ else ()
 for case in (*dialogs, script_fu_example, python_example, new_layer, options, selection, gray, upscale_new, upscale_in_place, unknown_model,
-             wrong_kind, indexed):
+             wrong_kind, indexed, core_missing):
     try:
         results[case.__name__] = case()
     except Exception as e:  # one broken case must not hide the others
@@ -196,8 +206,9 @@ def docs_example(language: str, out: Path) -> str:
     return code.replace('"mosaic"', '"tiny"').replace('"sr-sharp"', '"sr"')
 
 
-def batch_script(out: Path, dialogs: bool) -> str:
+def batch_script(out: Path, dialogs: bool, core_file: Path) -> str:
     values = {
+        "__CORE_FILE__": repr(str(core_file)),
         "__DIALOGS__": str(dialogs),
         "__OUT__": repr(str(out)),
         "__H__": str(H),
@@ -243,7 +254,7 @@ def session(tmp_path_factory: pytest.TempPathFactory, gimp_root: Path):
     (out / "gray.raw").write_bytes(image[..., 1].tobytes())
     Image.fromarray(image[..., :3]).save(out / "photo.jpg", quality=95)
     home = work / "home"
-    install.install_plugin_into(home / ".config" / "GIMP" / "3.0", Path(sys.executable))
+    plugin = install.install_plugin_into(home / ".config" / "GIMP" / "3.0", Path(sys.executable))
 
     server_env = {
         "IMPASTO_MODELS_DIR": str(models),
@@ -268,7 +279,7 @@ def session(tmp_path_factory: pytest.TempPathFactory, gimp_root: Path):
                 env["DISPLAY"] = stack.enter_context(gimp_chroot.virtual_display(gimp_root))
             except gimp_chroot.Unavailable:
                 pass  # the dialog tests skip; everything else runs headless
-            script = batch_script(out, dialogs="DISPLAY" in env)
+            script = batch_script(out, "DISPLAY" in env, plugin / install.CORE_FILE)
             done = gimp_chroot.run_batch(gimp_root, script, env)
         if not (out / "results.json").is_file():
             pytest.fail(f"GIMP batch failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
@@ -378,9 +389,11 @@ def test_errors_say_what_to_do(session) -> None:
     assert unknown["status"] == "execution-error"
     assert "nope" in unknown["error"] and "tiny" in unknown["error"]  # lists installed styles
     wrong = results["wrong_kind"]
-    assert wrong["status"] == "execution-error" and "sr" in wrong["error"]
+    assert wrong["status"] == "execution-error" and "Installed: sr" in wrong["error"]
     indexed = results["indexed"]
     assert indexed["status"] == "execution-error" and "Image > Mode > RGB" in indexed["error"]
+    missing = results["core_missing"]
+    assert missing["status"] == "execution-error" and "python3 install.py" in missing["error"]
 
 
 def test_docs_script_fu_example(session) -> None:
