@@ -92,6 +92,7 @@ def test_without_gimp_profile_creates_the_3_0_one_and_removes_it_again(home: Pat
     assert listing(home) == set()
 
 
+@pytest.mark.slow  # runs the core: a test stylization
 def test_check_reports_profiles_core_and_a_test_stylization(home: Path, tmp_path: Path) -> None:
     (home / ".config/GIMP/3.0").mkdir(parents=True)
     make_model(home / ".local/share/impasto/models", "mine", width="compact")
@@ -105,6 +106,18 @@ def test_check_reports_profiles_core_and_a_test_stylization(home: Path, tmp_path
     assert "plug-in in 3.0: installed" in done.stdout
     assert "device: " in done.stdout
     assert "test stylization with 'mine': ok" in done.stdout
+
+
+@pytest.mark.slow  # runs the core on docs/sample.jpg
+def test_install_stylizes_the_sample_and_uninstall_removes_it(home: Path) -> None:
+    make_model(home / ".local/share/impasto/models", "mine", width="compact")
+    done = run_install(home, "--venv", str(VENV))
+    assert done.returncode == 0, done.stdout + done.stderr
+    samples = list((home / ".local/share/impasto/samples").glob("sample-*.jpg"))
+    assert len(samples) == 1 and str(samples[0]) in done.stdout
+    assert "Filters > Neural Style..." in done.stdout  # says how to go on in GIMP
+    assert run_install(home, "--uninstall").returncode == 0
+    assert not (home / ".local/share/impasto/samples").exists()
 
 
 def test_bad_arguments_are_refused_clearly(home: Path) -> None:
