@@ -48,7 +48,10 @@ def ensure_chroot(root: Path | None = None) -> Path:
     if os.geteuid() != 0:
         raise Unavailable("building the GIMP 3 chroot needs root (debootstrap, chroot, mount)")
     if not shutil.which("debootstrap"):
-        raise Unavailable("debootstrap is not installed (apt-get install debootstrap)")
+        if not shutil.which("apt-get"):
+            raise Unavailable("debootstrap is not installed and there is no apt-get to install it")
+        _run(["apt-get", "update"], "apt-get update (to install debootstrap)")
+        _run(["apt-get", "install", "-y", "debootstrap"], "installing debootstrap")
     root.parent.mkdir(parents=True, exist_ok=True)
     with open(root.parent / f"{root.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another test run may be building it right now
