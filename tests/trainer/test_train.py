@@ -1,0 +1,97 @@
+"""Training runs end to end: the loss falls, resuming is exact, models land where core finds them."""
+
+from __future__ import annotations
+
+import csv
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from core.modelfile import load_model
+from core.registry import list_models
+from tests.trainer.conftest import tiny_config
+from trainer.checkpoint import export_model, load_checkpoint
+from trainer.loop import TrainingError, train
+
+
+def losses(run_dir: str, term: str = "total") -> list[float]:
+    with open(Path(run_dir) / "loss.csv", newline="") as f:
+        return [float(row[term]) for row in csv.DictReader(f)]
+
+
+def test_style_training_lowers_the_loss_and_writes_a_listed_model(
+    tmp_path, photos, painting, monkeypatch
+):
+    monkeypatch.setenv("IMPASTO_MODELS_DIR", str(tmp_path / "models"))
+    config = tiny_config(
+        tmp_path, photos, painting, steps=24, preview_every=12, display_name="Stripes"
+    )
+    result = train(config)
+    assert result.finished and result.step == 24
+    total = losses(config.run_dir)
+    assert len(total) == 24
+    assert sum(total[-4:]) < 0.7 * sum(total[:4])
+    net, info = load_model(result.model_path)
+    assert info.kind == "style" and info.options == {"width": "compact"}
+    assert info.training["steps"] == 24 and info.training["settings"]["style_image"] == str(
+        painting
+    )
+    assert info.training["final_losses"]["total"] == pytest.approx(total[-1])
+    assert [m.name for m in list_models("style")] == ["tiny_run"]
+    assert [m.display_name for m in list_models("style")] == ["Stripes"]
+    run = Path(config.run_dir)
+    assert Image.open(run / "loss.png").size == (800, 480)
+    sheet = Image.open(run / "previews" / "step_0000024.png")
+    assert sheet.height > 2 * 32 and sheet.width > 4 * 32  # photos above, stylised below
+    assert (run / "previews" / "step_0000012.png").is_file()
+
+
+def test_resumed_run_equals_an_uninterrupted_one(tmp_path, photos, painting):
+    whole = train(tiny_config(tmp_path / "a", photos, painting))
+    stop = threading.Event()
+    interrupted = tiny_config(tmp_path / "b", photos, painting)
+    first = train(interrupted, stop=stop, on_step=lambda step: step == 3 and stop.set())
+    assert not first.finished and first.step == 3 and first.model_path is None
+    assert load_checkpoint(interrupted.run_dir)["step"] == 3
+    second = train(interrupted, resume=True)
+    assert second.finished and second.step == 6
+    a = load_checkpoint(whole.checkpoint)["net"]
+    b = load_checkpoint(second.checkpoint)["net"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert losses(interrupted.run_dir) == losses(whole.checkpoint.parent)
+
+
+def test_an_existing_run_is_never_silently_restarted(tmp_path, photos, painting):
+    config = tiny_config(tmp_path, photos, painting, steps=2)
+    train(config)
+    with pytest.raises(TrainingError, match="already holds a run.*--resume"):
+        train(config)
+    changed = tiny_config(tmp_path, photos, painting, steps=4, lr=0.5)
+    with pytest.raises(TrainingError, match="lr: 0.01 in the run, 0.5 now"):
+        train(changed, resume=True)
+
+
+def test_a_stopped_run_can_be_exported(tmp_path, photos, painting):
+    stop = threading.Event()
+    config = tiny_config(tmp_path, photos, painting)
+    train(config, stop=stop, on_step=lambda step: step == 2 and stop.set())
+    path = export_model(load_checkpoint(config.run_dir), tmp_path / "early.impasto")
+    net, info = load_model(path)
+    assert info.training["steps"] == 2 and info.name == "tiny_run"
+    out = net(torch.rand(1, 3, 20, 28))
+    assert out.shape == (1, 3, 20, 28)
+
+
+@pytest.mark.parametrize("loss", ["pixel", "perceptual"])
+def test_sr_training_writes_an_x4_model(tmp_path, photos, loss):
+    config = tiny_config(tmp_path, photos, None, task="sr", sr_loss=loss, steps=8, image_size=32)
+    result = train(config)
+    total = losses(config.run_dir)
+    assert sum(total[-2:]) < sum(total[:2])
+    net, info = load_model(result.model_path)
+    assert info.kind == "sr" and info.training["settings"]["sr_loss"] == loss
+    assert net(torch.rand(1, 3, 8, 10)).shape == (1, 3, 32, 40)
