@@ -38,6 +38,7 @@ Transform = Callable[[np.ndarray, Callable[[int, int], None]], np.ndarray]
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 OUTPUT_FORMATS = ("png", "jpg", "webp", "tif", "bmp")
 
+SERVE_DESCRIPTION = "Run the local inference server used by the GIMP plug-in."
 EPILOG = """\
 Inputs are image files or folders (the images directly inside a folder are processed; other files are
 left alone). Outputs: with one input file, -o names the output file (its suffix sets the format) or a
@@ -218,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "serve",
         help="run the local server the GIMP plug-in talks to",
-        description="Run the local inference server used by the GIMP plug-in.",
+        description=SERVE_DESCRIPTION,
         add_help=False,  # core.server adds its options (and -h) when the command is used
     )
     return parser
@@ -372,7 +373,11 @@ def _check_model(engine: Engine, model: str, kind: str) -> None:
 
 
 def _process(args: argparse.Namespace, jobs: list[Job], run: Transform) -> int:
-    """Shared loop of stylize and upscale; ``run(image, tiles_progress)`` transforms one image."""
+    """Shared loop of stylize and upscale; ``run(image, tiles_progress)`` transforms one image.
+
+    Ctrl-C (KeyboardInterrupt) stops between two operations of the network, at once; files are
+    written atomically, so there is never a half-written one.
+    """
     from core.engine import EngineError
 
     progress = Progress(len(jobs), args.quiet)
@@ -451,7 +456,9 @@ def cmd_stylize(args: argparse.Namespace) -> int:
         strength=args.strength, preserve_colors=args.preserve_colors, scale=args.style_scale
     )
     return _process(
-        args, jobs, lambda image, tiles: engine.stylize(args.style, image, options, tiles)
+        args,
+        jobs,
+        lambda image, tiles: engine.stylize(args.style, image, options, tiles),
     )
 
 
@@ -507,10 +514,7 @@ def _serve(argv: list[str]) -> int:
         raise UsageError(
             "the local server is not part of this installation (core/server.py)"
         ) from None
-    parser = argparse.ArgumentParser(
-        prog="python -m core serve",
-        description="Run the local inference server used by the GIMP plug-in.",
-    )
+    parser = argparse.ArgumentParser(prog="python -m core serve", description=SERVE_DESCRIPTION)
     server.add_arguments(parser)
     return server.run(parser.parse_args(argv))
 
