@@ -262,7 +262,7 @@ def _run_tiled(
     stats = no_stats
     if loaded.has_norm:
         _check(cancel)
-        stats = _thumbnail_stats(runner, rgb, cancel)
+        stats = _thumbnail_stats(runner, rgb, min(THUMBNAIL_SIDE, in_tile), cancel)
         done += 1
         report(done, total)
     out = np.zeros((ph * scale, pw * scale, 3), np.float32)
@@ -285,10 +285,12 @@ def _check(cancel: threading.Event | None) -> None:
         raise RuntimeCancelled
 
 
-def _thumbnail_stats(runner, rgb: np.ndarray, cancel: threading.Event | None) -> np.ndarray:
-    """Instance-norm statistics of the whole image, measured on a thumbnail."""
+def _thumbnail_stats(
+    runner: TorchRunner | OpenVINORunner, rgb: np.ndarray, side: int, cancel: threading.Event | None
+) -> np.ndarray:
+    """Instance-norm statistics of the whole image, measured on a thumbnail of longest side ``side``."""
     h, w = rgb.shape[:2]
-    factor = min(1.0, THUMBNAIL_SIDE / max(h, w))
+    factor = min(1.0, side / max(h, w))
     factor = min(1.0, max(factor, 2 * MIN_SIDE / min(h, w)))  # very long images keep some height
     thumbnail = _resize(rgb, (round(h * factor), round(w * factor))) if factor < 1 else rgb
     _, stats = runner.run_live(_nchw(_pad_to(thumbnail, 4)), cancel)
@@ -381,8 +383,8 @@ def _split(image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
 def _join(rgb: np.ndarray, alpha: np.ndarray | None, like: np.ndarray) -> np.ndarray:
     """Float RGB back to the layout and dtype of ``like`` (gray stays gray), alpha appended."""
     channels = 1 if like.ndim == 2 else like.shape[2]
-    color = _luma(rgb)[..., None] if channels < 3 else rgb
-    out = _from_float(np.clip(color, 0, 1, out=color), like.dtype)
+    np.clip(rgb, 0, 1, out=rgb)
+    out = _from_float(_luma(rgb)[..., None] if channels < 3 else rgb, like.dtype)
     if alpha is not None:
         out = np.concatenate([out, alpha], axis=2)
     return out[..., 0] if like.ndim == 2 else out
@@ -434,7 +436,9 @@ def _out_of_memory(error: BaseException) -> bool:
     if isinstance(error, MemoryError):
         return True
     text = str(error).lower()
-    return any(s in text for s in ("out of memory", "failed to allocate", "bad_alloc"))
+    return any(
+        s in text for s in ("out of memory", "not enough memory", "failed to allocate", "bad_alloc")
+    )
 
 
 def _resolve_device(device: str) -> str:

@@ -121,6 +121,15 @@ class TorchRunner:
             return self.frozen(self._input(x), s).float().cpu().numpy()
 
 
+def _weights_digest(net: nn.Module) -> str:
+    """A key for the network's architecture and weights (model files of equal weights differ)."""
+    digest = hashlib.sha256(type(net).__name__.encode())
+    for name, value in sorted(net.state_dict().items()):
+        digest.update(f"{name}{tuple(value.shape)}".encode())
+        digest.update(value.detach().cpu().float().numpy().tobytes())
+    return digest.hexdigest()[:20]
+
+
 def cache_dir() -> Path:
     """Where converted OpenVINO models are kept: $IMPASTO_CACHE_DIR, else the user cache folder."""
     override = os.environ.get(CACHE_ENV)
@@ -155,13 +164,14 @@ class OpenVINORunner:
     """
 
     def __init__(self, net: nn.Module, model_path: Path, precision: str) -> None:
+        # model_path only names the cache entries; weights identify them.
         import openvino as ov
 
         self.core = ov.Core()
         self.precision = {"bf16": "bf16", "fp16": "f16"}.get(precision, "f32")
         self.channels = stats_channels(net)
         self.forms = {"live": LiveStats(net), "frozen": FrozenStats(net)}
-        self.name = f"{model_path.stem}-{hashlib.sha256(model_path.read_bytes()).hexdigest()[:20]}"
+        self.name = f"{model_path.stem}-{_weights_digest(net)}"
         self.traced: dict[str, object] = {}
         self.compiled: OrderedDict[tuple, object] = OrderedDict()
 
