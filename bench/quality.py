@@ -1,0 +1,189 @@
+"""Proof of quality for the shipped models: the numbers and pictures in docs/models.md.
+
+Style: the perceptual objective (content + style, the loss network and weights each model was
+trained with) of the feed-forward output vs Gatys-style L-BFGS optimisation from the same photo, on
+held-out BSD100 photos. SR: PSNR/SSIM (Y, 4-pixel border) on Set5/Set14/BSD100 from their LR_x4
+inputs, for bicubic and each shipped SR model. Pictures: contact sheets and an SR comparison.
+
+    python bench/quality.py [--data DIR] [--out docs] [--photos 10] [--styles a,b] [--skip-sr]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.gatys import optimise  # noqa: E402
+from bench.metrics import psnr_y, ssim_y  # noqa: E402
+from core.engine import Engine  # noqa: E402
+from core.modelfile import ModelInfo, load_model  # noqa: E402
+from core.registry import SHIPPED_DIR  # noqa: E402
+from trainer.cli import data_root  # noqa: E402
+from trainer.data import center_crop, load_style_image  # noqa: E402
+from trainer.losses import StyleLoss  # noqa: E402
+from trainer.lossnets import load_loss_network  # noqa: E402
+from trainer.monitor import contact_sheet  # noqa: E402
+
+SIZE = 256  # the training crop: the objective is compared at the scale the networks learnt
+OUR_PHOTOS = [REPO / "docs" / "sample.jpg", REPO / "docs" / "sample-coffee.jpg"]
+
+
+def shipped(kind: str) -> list[tuple[torch.nn.Module, ModelInfo]]:
+    """The shipped models of one kind, loaded, by name."""
+    return [load_model(p) for p in sorted(SHIPPED_DIR.glob("*.impasto")) if _kind(p) == kind]
+
+
+def _kind(path: Path) -> str:
+    return load_model(path)[1].kind
+
+
+def square(path: Path) -> torch.Tensor:
+    """A SIZE x SIZE centre crop of a photo as a 1x3xHxW float tensor in [0, 1]."""
+    return center_crop(path, SIZE, resize=True).unsqueeze(0).float().div(255)
+
+
+def style_loss_for(info: ModelInfo, data: Path, cache: dict) -> tuple[StyleLoss, torch.Tensor]:
+    """The objective a style model was trained on, rebuilt from its metadata, and its painting."""
+    s = info.training["settings"]
+    if s["loss_network"] not in cache:
+        cache[s["loss_network"]] = load_loss_network(s["loss_network"])
+    painting = data / "styles" / Path(s["style_image"]).name
+    style = load_style_image(painting, s["style_size"])
+    loss = StyleLoss(
+        cache[s["loss_network"]], style, s["content_weight"], s["style_weight"], s["tv_weight"]
+    )
+    return loss, style
+
+
+def compare_with_gatys(
+    data: Path, out: Path, photos: int, names: list[str] | None, iters: list[int]
+):
+    """Feed-forward objective and time vs Gatys at each iteration count; sheets per style."""
+    held_out = sorted((data / "sr" / "eval" / "BSD100" / "HR").glob("*.png"))[:photos]
+    if not held_out:
+        sys.exit(f"no held-out photos in {data}/sr/eval/BSD100/HR: pass --data or set IMPASTO_DATA")
+    cache: dict = {}
+    rows = []
+    gallery = [[square(p) for p in OUR_PHOTOS]]
+    for net, info in shipped("style"):
+        if names and info.name not in names:
+            continue
+        loss_fn, style = style_loss_for(info, data, cache)
+        ff, ff_time, gatys = [], [], {n: ([], []) for n in iters}
+        for i, path in enumerate(held_out):
+            photo = square(path)
+            start = time.perf_counter()
+            with torch.no_grad():
+                result = net(photo).clamp(0, 1)
+            ff_time.append(time.perf_counter() - start)
+            ff.append(float(loss_fn(result, photo)["total"]))
+            optimised = optimise(loss_fn, photo, iters)
+            for n, (value, seconds, _) in optimised.items():
+                gatys[n][0].append(value)
+                gatys[n][1].append(seconds)
+            if i == 0:
+                picture = [photo, result] + [optimised[n][2] for n in iters]
+                contact_sheet([torch.cat(picture)], out / f"gatys-{info.name}.png")
+            print(f"  {info.name} photo {i + 1}/{len(held_out)}", file=sys.stderr, flush=True)
+        row = {"name": info.name, "ff": np.mean(ff), "ff_time": np.mean(ff_time)}
+        row.update({n: (np.mean(v), np.mean(t)) for n, (v, t) in gatys.items()})
+        rows.append(row)
+        style_square = F.interpolate(style, size=(SIZE, SIZE), mode="bilinear", antialias=True)
+        sheet = []
+        for path in OUR_PHOTOS + held_out[:2]:
+            photo = square(path)
+            with torch.no_grad():
+                sheet.append(torch.cat([photo, style_square, net(photo).clamp(0, 1)]))
+        contact_sheet(sheet, out / f"sheet-{info.name}.png")
+        with torch.no_grad():
+            gallery.append([net(p).clamp(0, 1) for p in gallery[0]])
+    contact_sheet([torch.cat(column) for column in zip(*gallery, strict=True)], out / "gallery.png")
+    header = (
+        "| style | feed-forward | " + " | ".join(f"Gatys {n} it" for n in iters) + " | matches |"
+    )
+    print(header + "\n|" + "---|" * (len(iters) + 3))
+    for r in rows:
+        matched = [n for n in iters if r[n][0] <= r["ff"]]
+        cells = " | ".join(f"{r[n][0]:.4g} ({r[n][1]:.1f} s)" for n in iters)
+        verdict = f"~{matched[0]} it" if matched else f"> {iters[-1]} it"
+        print(
+            f"| {r['name']} | {r['ff']:.4g} ({r['ff_time'] * 1000:.0f} ms) | {cells} | {verdict} |"
+        )
+
+
+def evaluate_sr(data: Path, out: Path, sets: list[str]) -> None:
+    """PSNR/SSIM table for bicubic and each shipped SR model; a crop comparison picture."""
+    engine = Engine(device="cpu", backend="torch", precision="fp32")
+    models = [info.name for _, info in shipped("sr")]
+    print("| set | " + " | ".join(["bicubic", *models]) + " |\n|---|" + "---|" * (len(models) + 1))
+    for name in sets:
+        scores: dict[str, list[tuple[float, float]]] = {m: [] for m in ["bicubic", *models]}
+        pairs = sorted((data / "sr" / "eval" / name / "HR").glob("*.png"))
+        if not pairs:
+            sys.exit(f"no {name} images in {data}/sr/eval: pass --data or set IMPASTO_DATA")
+        for hr_path in pairs:
+            truth = np.asarray(Image.open(hr_path).convert("RGB"))
+            low = Image.open(hr_path.parent.parent / "LR_x4" / hr_path.name).convert("RGB")
+            results = {"bicubic": np.asarray(low.resize(truth.shape[1::-1], Image.BICUBIC))}
+            for m in models:
+                results[m] = engine.upscale(m, np.asarray(low))
+            for m, image in results.items():
+                scores[m].append((psnr_y(image, truth), ssim_y(image, truth)))
+            if name == "Set14" and hr_path.name == "img_005.png":
+                _sr_picture(results, truth, out / "sr-comparison.png")
+        cells = [
+            f"{np.mean([s[0] for s in v]):.2f} dB / {np.mean([s[1] for s in v]):.4f}"
+            for v in scores.values()
+        ]
+        print(f"| {name} ({len(pairs)}) | " + " | ".join(cells) + " |")
+
+
+def _sr_picture(results: dict[str, np.ndarray], truth: np.ndarray, path: Path, crop: int = 128):
+    """Centre crops, shown at 2x: bicubic, each model, ground truth."""
+    h, w = truth.shape[:2]
+    top, left = (h - crop) // 2, (w - crop) // 2
+    tiles = [*results.values(), truth]
+    batch = torch.stack(
+        [
+            torch.from_numpy(t[top : top + crop, left : left + crop].copy()).permute(2, 0, 1)
+            for t in tiles
+        ]
+    ).float()
+    contact_sheet([F.interpolate(batch / 255, scale_factor=2, mode="nearest")], path)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, default=data_root(), help="shared data folder")
+    p.add_argument("--out", type=Path, default=REPO / "docs", help="where pictures go")
+    p.add_argument("--photos", type=int, default=10, help="held-out BSD100 photos (default 10)")
+    p.add_argument("--styles", help="comma-separated style names (default: all shipped)")
+    p.add_argument("--iterations", default="50,100,200,500", help="Gatys iteration counts")
+    p.add_argument("--sets", default="Set5,Set14,BSD100", help="SR evaluation sets")
+    p.add_argument("--skip-style", action="store_true")
+    p.add_argument("--skip-sr", action="store_true")
+    args = p.parse_args()
+    if not args.data.is_dir():
+        sys.exit(f"data folder not found: {args.data} (pass --data or set IMPASTO_DATA)")
+    torch.manual_seed(0)
+    args.out.mkdir(parents=True, exist_ok=True)
+    if not args.skip_sr:
+        evaluate_sr(args.data, args.out, args.sets.split(","))
+    if not args.skip_style:
+        iters = [int(n) for n in args.iterations.split(",")]
+        names = args.styles.split(",") if args.styles else None
+        compare_with_gatys(args.data, args.out, args.photos, names, iters)
+
+
+if __name__ == "__main__":
+    main()
