@@ -245,6 +245,22 @@ def test_openvino_bf16_stays_close(models_dir):
     assert psnr(bf16, fp32) > 35  # measured ~45 dB (random weights; trained ones are smoother)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_half_precision_matches_cpu_fp32(models_dir):
+    gpu = Engine(device="cuda")
+    assert (gpu.device, gpu.backend, gpu.precision) == ("cuda", "torch", "fp16")
+    reference = Engine(device="cpu", backend="torch")
+    image = textured(200, 260)
+    for model in ("wide", "tiny"):
+        assert psnr(gpu.stylize(model, image), reference.stylize(model, image)) > 40
+    tiled = Engine(device="cuda", tile_size=160).stylize("tiny", image)
+    assert (
+        psnr(tiled, Engine(device="cpu", backend="torch", tile_size=160).stylize("tiny", image))
+        > 40
+    )
+    assert psnr(gpu.upscale("sr", image[:64, :80]), reference.upscale("sr", image[:64, :80])) > 40
+
+
 # --- jobs: progress, cancel, memory, threads, model files --------------------------------------
 
 
