@@ -62,7 +62,10 @@ _GONE = (
 
 
 class Client:
-    """Talks to the local server; starts it (``python -m core serve`` in ``repo``) when not running."""
+    """Talks to the local server; starts it (``python -m core serve`` in ``repo``) when not running.
+
+    ``server_args``: extra `serve` options for a server this client starts (e.g. ["--device", "cpu"]).
+    """
 
     def __init__(
         self,
@@ -70,11 +73,13 @@ class Client:
         repo: str | Path | None = None,
         autostart: bool = True,
         timeout: float = 60,
+        server_args: list[str] | None = None,
     ) -> None:
         self.python = python or sys.executable
         self.repo = Path(repo) if repo else REPO
         self.autostart = autostart
         self.timeout = timeout
+        self.server_args = list(server_args or [])
         self._info: ConnectionInfo | None = None
 
     # -- public API ---------------------------------------------------------------------------------
@@ -174,7 +179,7 @@ class Client:
         log.parent.mkdir(parents=True, exist_ok=True)
         if log.exists() and log.stat().st_size > LOG_KEEP:
             os.replace(log, log.with_suffix(".log.1"))
-        command = [self.python, "-m", "core", "serve"]
+        command = [self.python, "-m", "core", "serve", *self.server_args]
         detach: dict[str, Any] = (
             {
                 "creationflags": 0x00000008 | 0x00000200 | 0x08000000
@@ -343,6 +348,8 @@ class Client:
                 data = response.read(event["bytes"])
                 if len(data) != event["bytes"]:
                     raise _ServerGone()
+                if progress and done != 1:
+                    progress(1.0)
                 return data, event["width"], event["height"]
 
 

@@ -21,18 +21,10 @@ from core.connection import ConnectionInfo, probe, read_connection
 from tests.conftest import make_model
 
 REPO = Path(__file__).resolve().parents[2]
-# Small tiles so a job has many of them (progress, cancel within a tile); a low limit to test it.
-SERVE_OPTIONS = [
-    "--backend",
-    "torch",
-    "--tile-size",
-    "128",
-    "--client-timeout",
-    "2",
-    "--max-megapixels",
-    "4",
-]
-ENGINE_OPTIONS = {"backend": "torch", "tile_size": 128}  # the same engine settings, in-process
+# Small tiles so a job has several of them (progress, cancel within a tile); PyTorch because it
+# needs no per-shape compilation; a low megapixel limit to test it.
+SERVE_OPTIONS = "--backend torch --tile-size 256 --client-timeout 2 --max-megapixels 4".split()
+ENGINE_OPTIONS = {"backend": "torch", "tile_size": 256}  # the same engine settings, in-process
 
 
 @dataclass
@@ -191,11 +183,13 @@ def test_health_and_models(server: Server) -> None:
     status, health = call(server.info, "GET", "/health")
     assert status == 200 and health["status"] == "ok" and health["protocol"] == 1
     assert health["pid"] == server.process.pid and health["max_megapixels"] == 4
-    status, answer = call(server.info, "GET", "/v1/models")
-    assert [m["name"] for m in answer["models"]] == ["sr", "tiny", "wide"]
-    assert answer["models"][1]["display_name"] == "Tiny" and answer["models"][1]["kind"] == "style"
+    status, answer = call(server.info, "GET", "/v1/models")  # ours and any shipped ones
+    models = {m["name"]: m for m in answer["models"]}
+    assert {"sr", "tiny", "wide"} <= set(models)
+    assert models["tiny"]["display_name"] == "Tiny" and models["tiny"]["kind"] == "style"
     status, answer = call(server.info, "GET", "/v1/models?kind=sr")
-    assert [m["name"] for m in answer["models"]] == ["sr"]
+    assert "sr" in [m["name"] for m in answer["models"]]
+    assert {m["kind"] for m in answer["models"]} == {"sr"}
 
 
 def test_connection_file_is_private(server: Server, home: Path) -> None:
@@ -269,12 +263,7 @@ def test_callers_without_the_token_or_from_web_pages_are_refused(server: Server)
 @pytest.mark.parametrize(
     "path, status, error, words",
     [
-        (
-            "/v1/stylize?model=nope&width=16&height=16&channels=3",
-            404,
-            "unknown_model",
-            "known: tiny, wide",
-        ),
+        ("/v1/stylize?model=nope&width=16&height=16&channels=3", 404, "unknown_model", "tiny, "),
         (
             "/v1/stylize?model=sr&width=16&height=16&channels=3",
             400,
@@ -545,7 +534,7 @@ def test_slow_clients_are_dropped_without_blocking_others(server: Server) -> Non
 def test_queue_positions_progress_and_cancel_by_disconnect(
     server: Server, photo: np.ndarray
 ) -> None:
-    big = np.ascontiguousarray(np.tile(photo, (8, 8, 1)))  # 768x1024: many 128 px tiles
+    big = np.ascontiguousarray(np.tile(photo, (8, 8, 1)))  # 768x1024: many 256 px tiles
     small = photo
     running = JobStream(server.info, job_path("stylize", "wide", big), big)
     while (status := running.until("status", state="running"))["done"] == 0:
