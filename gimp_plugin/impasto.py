@@ -126,6 +126,10 @@ def checked_layer(image, drawables: list):
     if len(drawables) != 1:
         raise PluginError("Select exactly one layer in the Layers dialog, then run Impasto again.")
     drawable = drawables[0]
+    if not isinstance(drawable, Gimp.Layer):
+        raise PluginError("Select a layer (not a layer mask or channel) in the Layers dialog.")
+    if drawable.get_lock_content():
+        raise PluginError("The layer's pixels are locked: unlock them in the Layers dialog.")
     if drawable.is_group():
         raise PluginError(
             "This is a layer group: select a normal layer inside it (or merge the group)."
@@ -292,6 +296,7 @@ def guarded(procedure, image, drawables, work, returns_image: bool = False):
     try:
         drawable = checked_layer(image, drawables)
         client = connect()
+        Gimp.progress_init("Impasto: connecting to the core (its first start takes a while)")
         from core.client import Cancelled, ImpastoError
 
         try:

@@ -162,7 +162,8 @@ def indexed():
 def dialog_stylize():
     # As from the menu: the dialog lists the server's styles, the user accepts the defaults.
     image, layer = new_image(*rgba)
-    _, r = call("plug-in-impasto-stylize", image, layer, run_mode=Gimp.RunMode.INTERACTIVE)
+    _, r = call("plug-in-impasto-stylize", image, layer, run_mode=Gimp.RunMode.INTERACTIVE,
+                model="tiny")  # as last used: the dialog must offer it
     r["layers"] = [l.get_name() for l in image.get_layers()]
     dump(image.get_layers()[0], "dialog_styled", "R'G'B'A u8")
     return r
@@ -174,6 +175,11 @@ def dialog_upscale():
     r["new_images"] = len(Gimp.get_images()) - before
     r["sizes"] = [[i.get_width(), i.get_height()] for i in Gimp.get_images()]
     return r
+
+def locked():
+    image, layer = new_image(*rgba)
+    layer.set_lock_content(True)
+    return call("plug-in-impasto-stylize", image, layer, output="in-place")[1]
 
 def core_missing():
     # As after moving the Impasto folder without re-running install.py.
@@ -187,7 +193,7 @@ def core_missing():
 
 dialogs = (dialog_stylize, dialog_upscale) if __DIALOGS__ else ()
 for case in (*dialogs, script_fu_example, python_example, new_layer, options, selection, gray, upscale_new, upscale_in_place, unknown_model,
-             wrong_kind, indexed, core_missing):
+             wrong_kind, indexed, locked, core_missing):
     try:
         results[case.__name__] = case()
     except Exception as e:  # one broken case must not hide the others
@@ -392,6 +398,7 @@ def test_errors_say_what_to_do(session) -> None:
     assert wrong["status"] == "execution-error" and "Installed: sr" in wrong["error"]
     indexed = results["indexed"]
     assert indexed["status"] == "execution-error" and "Image > Mode > RGB" in indexed["error"]
+    assert "unlock them" in results["locked"]["error"]
     missing = results["core_missing"]
     assert missing["status"] == "execution-error" and "python3 install.py" in missing["error"]
 
@@ -423,7 +430,7 @@ def dialog_case(results: dict, name: str) -> dict:
 def test_dialog_stylize_lists_the_servers_styles_and_runs(session) -> None:
     out, results, image = session
     case = dialog_case(results, "dialog_stylize")
-    assert case["layers"] == ["photo (Tiny)", "photo"]  # first style, by its display name
+    assert case["layers"] == ["photo (Tiny)", "photo"]  # named after the style's display name
     want = engine_result("stylize", image, "tiny", out.parent / "models")
     assert_close(raw(out, "dialog_styled", image.shape), want)
 
