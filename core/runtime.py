@@ -97,6 +97,10 @@ class TorchRunner:
         self.dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
         # channels_last lets cuDNN use its fast NHWC kernels; on CPU it gains nothing here.
         self.memory_format = torch.channels_last if device == "cuda" else torch.contiguous_format
+        if device == "cuda":
+            torch.backends.cudnn.benchmark = (
+                True  # tile shapes repeat: pick the fastest kernels once
+            )
         net = net.to(self.device, self.dtype, memory_format=self.memory_format)
         self.live, self.frozen = LiveStats(net), FrozenStats(net)
 
