@@ -9,7 +9,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +29,7 @@ sys.path.insert(0, str(REPO))  # install.py lives at the repo root
 import install  # noqa: E402
 
 H, W = 48, 64  # small: the models have random weights and GIMP's start dominates anyway
+BIG = 2048  # for the cancel test: a job that runs long enough to be cancelled
 
 # Runs inside GIMP (python-fu-eval). Each case makes its image from raw bytes, calls a procedure
 # non-interactively as a script or another plug-in would, and dumps what a user would see.
@@ -39,6 +43,7 @@ from gi.repository import Gegl, Gimp
 
 OUT = Path(__OUT__)
 H, W = __H__, __W__
+BIG = __BIG__
 pdb = Gimp.get_pdb()
 results = {}
 
@@ -191,9 +196,23 @@ def core_missing():
     finally:
         core.with_suffix(".hidden").rename(core)
 
+def cancelled():
+    # GIMP's Cancel button on the progress bar closes the plug-in; the test's watcher does the same.
+    image = Gimp.Image.new(BIG, BIG, Gimp.ImageBaseType.RGB)
+    layer = Gimp.Layer.new(image, "big", BIG, BIG, Gimp.ImageType.RGB_IMAGE, 100.0,
+                           Gimp.LayerMode.NORMAL)
+    image.insert_layer(layer, None, 0)
+    layer.fill(Gimp.FillType.WHITE)
+    before = layer.get_buffer().get(rect(layer), 1.0, "R'G'B' u8", Gegl.AbyssPolicy.CLAMP)
+    (OUT / "cancel-now").write_text("")
+    _, r = call("plug-in-impasto-stylize", image, layer, model="wide", output="in-place")
+    after = layer.get_buffer().get(rect(layer), 1.0, "R'G'B' u8", Gegl.AbyssPolicy.CLAMP)
+    r["unchanged"] = bytes(after) == bytes(before)
+    return r
+
 dialogs = (dialog_stylize, dialog_upscale) if __DIALOGS__ else ()
 for case in (*dialogs, script_fu_example, python_example, new_layer, options, selection, gray, upscale_new, upscale_in_place, unknown_model,
-             wrong_kind, indexed, locked, core_missing):
+             wrong_kind, indexed, locked, core_missing, cancelled):
     try:
         results[case.__name__] = case()
     except Exception as e:  # one broken case must not hide the others
@@ -218,6 +237,7 @@ def batch_script(out: Path, dialogs: bool, core_file: Path) -> str:
         "__DIALOGS__": str(dialogs),
         "__OUT__": repr(str(out)),
         "__H__": str(H),
+        "__BIG__": str(BIG),
         "__W__": str(W),
         "__SCRIPT_FU__": repr(docs_example("scheme", out)),
         "__PYTHON__": repr(docs_example("python", out)),
@@ -255,6 +275,7 @@ def session(tmp_path_factory: pytest.TempPathFactory, gimp_root: Path):
     models = work / "models"
     make_model(models, "tiny", width="compact")
     make_model(models, "sr", kind="sr")
+    make_model(models, "wide", width="full")
     image = photo_rgba()
     (out / "rgba.raw").write_bytes(image.tobytes())
     (out / "gray.raw").write_bytes(image[..., 1].tobytes())
@@ -286,7 +307,11 @@ def session(tmp_path_factory: pytest.TempPathFactory, gimp_root: Path):
             except gimp_chroot.Unavailable:
                 pass  # the dialog tests skip; everything else runs headless
             script = batch_script(out, "DISPLAY" in env, plugin / install.CORE_FILE)
+            watcher = threading.Thread(target=cancel_like_gimp, args=(out, client), daemon=True)
+            watcher.start()
             done = gimp_chroot.run_batch(gimp_root, script, env)
+            (out / "batch-done").write_text("")
+            watcher.join()
         if not (out / "results.json").is_file():
             pytest.fail(f"GIMP batch failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
         yield out, json.loads((out / "results.json").read_text()), image
@@ -297,6 +322,26 @@ def session(tmp_path_factory: pytest.TempPathFactory, gimp_root: Path):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def cancel_like_gimp(out: Path, client) -> None:
+    """Once the cancel case's job runs on the server, kill the plug-in as GIMP's Cancel does."""
+    while not (out / "cancel-now").exists():
+        if (out / "batch-done").exists():
+            return
+        time.sleep(0.05)
+    deadline = time.monotonic() + 60
+    while client.health()["jobs"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    plugin = str(out.parent / "home").encode()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(a.startswith(plugin) and a.endswith(b"impasto.py") for a in args):
+            os.kill(int(cmdline.parent.name), signal.SIGKILL)
+            (out / "killed").write_text(cmdline.parent.name)
 
 
 def raw(out: Path, name: str, shape: tuple) -> np.ndarray:
@@ -439,3 +484,13 @@ def test_dialog_upscale_opens_a_new_image(session) -> None:
     _, results, _ = session
     case = dialog_case(results, "dialog_upscale")
     assert case["new_images"] == 1 and [4 * W, 4 * H] in case["sizes"]
+
+
+def test_cancel_leaves_the_image_unchanged_and_stops_the_job(session) -> None:
+    out, results, _ = session
+    case = results["cancelled"]
+    assert (out / "killed").is_file(), "the job ended before it could be cancelled"
+    assert case["status"] != "success"
+    assert case["unchanged"]  # nothing is written before the whole result is there
+    log = (out.parent / "log" / "server.log").read_text()
+    assert "cancel" in log  # the server dropped the job (its log says so)
