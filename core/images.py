@@ -79,7 +79,7 @@ def load_image(
         # Pillow warns about oddities it works around (e.g. corrupt EXIF): not worth refusing for.
         with _pillow_limit(max_pixels), warnings.catch_warnings(), _open(path, max_pixels) as im:
             warnings.simplefilter("ignore")
-            array = _read_png16(path, im, max_pixels)  # first: reading EXIF may decode the image
+            array = _read_png16(path, im, max_pixels)  # before EXIF, which may decode the image
             if array is None:
                 array = _pixels(im, name, notes)
             orientation = _orientation(im)
@@ -211,9 +211,9 @@ _TARGET_MODE = {
 def _read_png16(path: Path, im: Image.Image, max_pixels: int | None) -> np.ndarray | None:
     """All 16 bits of an RGB, RGBA or gray+alpha PNG, which Pillow's image modes cut to 8 bits.
 
-    Pillow's own PNG decoder does the work (filters, interlacing, checksums) twice: once keeping
-    the high byte of each sample and once the low byte (for gray+alpha, once keeping all bytes).
-    Returns None for any other image.
+    Pillow's own PNG decoder does the work (filters, interlacing, checksums): once keeping the
+    high byte of each sample (in ``im`` itself, so its EXIF is then read without another decode)
+    and once the low byte; gray+alpha is read once, all bytes kept. None for any other image.
     """
     if im.format != "PNG" or len(im.tile) != 1:
         return None
@@ -222,17 +222,17 @@ def _read_png16(path: Path, im: Image.Image, max_pixels: int | None) -> np.ndarr
     if channels is None:
         return None
 
-    def decode(rawmode: str) -> np.ndarray:
-        with _open(path, max_pixels) as again:
-            again.tile = [(tile[0], tile[1], tile[2], rawmode)]
-            return np.asarray(again).astype(np.uint16)
+    def decode(image: Image.Image, rawmode: str) -> np.ndarray:
+        image.tile = [(tile[0], tile[1], tile[2], rawmode)]
+        return np.asarray(image).astype(np.uint16)
 
     if channels == 2:
         # "RGBA" reads the same 4 bytes per pixel unchanged: gray high, gray low, alpha high, low.
-        raw = decode("RGBA")
+        raw = decode(im, "RGBA")
         return (raw[..., 0::2] << 8) | raw[..., 1::2]
-    high = decode(tile[3])
-    low = decode(tile[3].replace("16B", "16L"))  # the same samples read with the bytes swapped
+    high = decode(im, tile[3])
+    with _open(path, max_pixels) as again:
+        low = decode(again, tile[3].replace("16B", "16L"))  # the same samples, bytes swapped
     return (high << 8) | low
 
 
