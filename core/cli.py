@@ -244,9 +244,13 @@ def _suffix(source: Path, fmt: str | None) -> str:
 
 
 def _images_in(folder: Path) -> list[Path]:
+    try:
+        names = list(folder.iterdir())
+    except OSError as e:
+        raise UsageError(f"{folder}: cannot list the folder ({e.strerror})") from None
     return sorted(
         p
-        for p in folder.iterdir()
+        for p in names
         if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES and not p.name.startswith(".")
     )
 
@@ -432,7 +436,10 @@ def _process_one(
         image = to_uint8(image)
         notes.append(f"{source.name}: 16-bit image processed in 8 bits, as {target.suffix} holds 8")
     result = run(image, progress.tiles)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ImageError(f"{target.parent}: cannot create the folder ({e.strerror})") from None
     save_image(target, result, quality=args.quality, notes=notes)
     written.add(target.resolve())
     for note in notes:

@@ -96,7 +96,13 @@ def load_image(
         raise ImageError(
             f"{name}: not an image file Impasto can read (use PNG, JPEG, WebP, TIFF or BMP)"
         ) from None
-    except (OSError, SyntaxError, ValueError, EOFError, zlib.error) as e:
+    except OSError as e:
+        if e.errno is None:  # Pillow's own complaints ("image file is truncated", ...) have none
+            raise ImageError(
+                f"{name}: the file is truncated or corrupt ({e}); re-export or re-download it"
+            ) from None
+        raise ImageError(f"{name}: cannot read ({e.strerror})") from None
+    except (SyntaxError, ValueError, EOFError, zlib.error) as e:
         raise ImageError(
             f"{name}: the file is truncated or corrupt ({e}); re-export or re-download it"
         ) from None

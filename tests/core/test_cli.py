@@ -409,3 +409,10 @@ def test_folder_without_output_goes_to_a_sibling_folder(models_dir, tmp_path, ph
     assert code == 1  # both inputs would become a.png: the second is refused, not overwritten
     assert "a.png: another input was already written to" in one_error(err)
     assert [p.name for p in (tmp_path / "photos-tiny").iterdir()] == ["a.png"]
+
+
+def test_unwritable_output_folder_is_a_clear_error(models_dir, tmp_path, photo_file, capsys):
+    (tmp_path / "notes.txt").write_text("a file where a folder is needed")
+    target = tmp_path / "notes.txt" / "out.png"
+    code, _, err = cli(capsys, "stylize", str(photo_file), "-s", "tiny", "-o", str(target))
+    assert code == 1 and "notes.txt: cannot create the folder" in one_error(err)
