@@ -128,6 +128,13 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
         help="inference runtime on the CPU (default auto: OpenVINO when installed, else PyTorch)",
     )
     parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "fp16", "bf16"),
+        default="auto",
+        help="number format of the computation (default auto: fp16 on CUDA, bf16 with OpenVINO on "
+        "CPUs that support it, else fp32); fp32 is the most exact and the slowest",
+    )
+    parser.add_argument(
         "--tile-size",
         type=_positive(int),
         metavar="PX",
@@ -354,7 +361,12 @@ def _engine(args: argparse.Namespace) -> Engine:
     from core.engine import Engine, EngineError
 
     try:
-        return Engine(device=args.device, backend=args.backend, tile_size=args.tile_size)
+        return Engine(
+            device=args.device,
+            backend=args.backend,
+            tile_size=args.tile_size,
+            precision=args.precision,
+        )
     except EngineError as e:
         raise UsageError(str(e)) from None
 
@@ -362,12 +374,20 @@ def _engine(args: argparse.Namespace) -> Engine:
 def _check_model(engine: Engine, model: str, kind: str) -> None:
     """Refuse, before any image is read, a model that is missing, unreadable or of the wrong kind."""
     from core.engine import EngineError
-    from core.registry import UnknownModelError
+    from core.registry import UnknownModelError, find_model
 
+    hint = "see `python -m core styles`"
     try:
         info = engine.model_info(model)
-    except (UnknownModelError, EngineError) as e:
-        raise UsageError(f"{e}; see `python -m core styles`") from None
+    except UnknownModelError as unknown:
+        message = str(unknown)
+        try:
+            find_model(model, kind)  # its message lists only the models of this kind
+        except UnknownModelError as of_kind:
+            message = str(of_kind)
+        raise UsageError(f"{message}; {hint}") from None
+    except EngineError as e:
+        raise UsageError(f"{e}; {hint}") from None
     if info.kind != kind:
         raise UsageError(
             f"{model!r} is an upscaling model, not a style; use `python -m core upscale`"

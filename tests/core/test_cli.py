@@ -91,7 +91,14 @@ def test_help_explains_every_option(tmp_path):
     upscale = run_core("upscale", "--help", cwd=tmp_path)
     assert stylize.returncode == 0 and upscale.returncode == 0
     shared = ["--output", "--format", "--quality", "--overwrite", "--device", "--backend"]
-    shared += ["--tile-size", "--max-megapixels", "--quiet", "never overwritten", "Exit status"]
+    shared += [
+        "--precision",
+        "--tile-size",
+        "--max-megapixels",
+        "--quiet",
+        "never overwritten",
+        "Exit status",
+    ]
     for option in shared + ["--style", "--strength", "--preserve-colors", "--style-scale"]:
         assert option in stylize.stdout, option
     for option in shared + ["--model"]:
@@ -236,9 +243,10 @@ def test_unknown_style_lists_the_known_ones(models_dir, photo_file, capsys):
     code, _, err = cli(capsys, "stylize", str(photo_file), "--style", "monet")
     assert code == 2
     message = one_error(err)
-    assert message.startswith("error: unknown model 'monet'; known: ")
+    assert message.startswith("error: unknown style 'monet'; known: ")
     assert message.endswith("; see `python -m core styles`")
-    assert {"sr", "tiny", "wide"} <= set(re.findall(r"[\w-]+", message))
+    known = set(re.findall(r"[\w-]+", message.split("known: ")[1]))
+    assert {"tiny", "wide"} <= known and "sr" not in known  # styles only
 
 
 def test_upscaler_is_not_a_style(models_dir, photo_file, capsys):
