@@ -1,0 +1,108 @@
+"""``python -m trainer``: options, the model it writes, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.modelfile import read_info
+from trainer import lossnets
+from trainer.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def tiny_args(tmp_path: Path, photos: Path, *extra: str) -> list[str]:
+    return [
+        "--dataset", str(photos), "--run-dir", str(tmp_path / "run"), "--image-size", "32",
+        "--batch-size", "2", "--device", "cpu", "--workers", "0", "--log-every", "1",
+        "--preview-every", "0", *extra,
+    ]  # fmt: skip
+
+
+def test_help_explains_every_option_with_its_default():
+    out = subprocess.run(
+        [sys.executable, "-m", "trainer", "style", "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    out = " ".join(out.split())  # argparse wraps lines
+    for option in ("--style-image", "--width", "--style-weight", "--amp", "--resume", "--epochs"):
+        assert option in out
+    assert "default 256, the paper's" in out and "mobilenet_v2" in out
+
+
+def test_style_command_writes_a_model_into_the_user_models_folder(
+    tmp_path, photos, painting, monkeypatch, capsys
+):
+    monkeypatch.setenv("IMPASTO_MODELS_DIR", str(tmp_path / "models"))
+    args = ["style", "--style-image", str(painting), "--name", "stripes", "--width", "compact"]
+    args += tiny_args(tmp_path, photos, "--epochs", "1", "--credit", "test pattern, CC0")
+    assert main(args) == 0
+    info = read_info(tmp_path / "models" / "stripes.impasto")
+    assert info.training["steps"] == 4  # 8 photos, batch 2
+    assert info.training["command"] == "python -m trainer " + shlex.join(args)
+    assert info.credit == "test pattern, CC0" and info.display_name == "Stripes"
+    assert "model written" in capsys.readouterr().out
+    # Same name again: refused, nothing overwritten; export a checkpoint elsewhere instead.
+    assert main(args) == 2
+    assert "already exists: add --overwrite" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "run"), "--output", str(tmp_path / "copy.impasto")]) == 0
+    assert read_info(tmp_path / "copy.impasto").training["steps"] == 4
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (["--style-image", "missing.jpg"], "style image not found: missing.jpg"),
+        (["--name", "my model!"], "invalid --name 'my model!'"),
+        (["--dataset", "EMPTY"], "no readable photos in"),
+        (["--batch-size", "9"], "only 8 readable photos"),
+        (["--loss-weights", "BAD"], "not a readable mobilenet_v2 checkpoint"),
+        (["--resume"], "no checkpoint at"),
+    ],
+)
+def test_bad_input_is_one_clear_error_line(tmp_path, photos, painting, capsys, change, message):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad.pth").write_bytes(b"\x00" * 100)
+    args = [
+        "style",
+        "--style-image",
+        str(painting),
+        "--name",
+        "ok",
+        "--output",
+        str(tmp_path / "o"),
+    ]
+    args += tiny_args(tmp_path, photos, "--steps", "1")
+    change = [
+        {"EMPTY": str(tmp_path / "empty"), "BAD": str(tmp_path / "bad.pth")}.get(c, c)
+        for c in change
+    ]
+    assert main(args + change) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_vgg16_without_internet_or_file_points_to_mobilenet(
+    tmp_path, photos, painting, capsys, monkeypatch
+):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(lossnets, "VGG16_URL", "http://127.0.0.1:9/vgg16-397923af.pth")
+    args = ["style", "--style-image", str(painting), "--name", "v", "--output", str(tmp_path / "o")]
+    args += tiny_args(tmp_path, photos, "--steps", "1", "--loss-network", "vgg16")
+    assert main(args) == 2
+    assert "--loss-network mobilenet_v2 (works offline)" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_sr_command_checks_the_crop_fits_the_scale(tmp_path, photos, capsys):
+    args = ["sr", "--name", "x4", "--output", str(tmp_path / "o")]
+    assert main(args + tiny_args(tmp_path, photos, "--image-size", "30")) == 2
+    assert "multiple of 4" in capsys.readouterr().err
