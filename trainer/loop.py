@@ -73,6 +73,23 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
+def training_step(
+    model: nn.Module,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    amp: bool = False,
+) -> dict[str, torch.Tensor]:
+    """One optimisation step; ``amp`` runs forward passes under bf16 autocast (weights stay fp32)."""
+    with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=amp):
+        terms = loss_fn(model(inputs), targets)
+    optimizer.zero_grad(set_to_none=True)
+    terms["total"].backward()
+    optimizer.step()
+    return terms
+
+
 def _prepare(config: TrainConfig, resume: bool, cluster: Cluster) -> tuple[dict | None, list[Path]]:
     """Check the run folder and dataset before any expensive work; the checkpoint if resuming."""
     checkpoint = Path(config.run_dir) / CHECKPOINT_NAME
@@ -214,12 +231,9 @@ def _train(config, resume, stop, on_step, device, cluster) -> TrainResult:
     while step < config.steps and not stopping:
         photos_batch = next(batches).to(device, non_blocking=True)
         images = photos_batch.float().div(255).contiguous(memory_format=torch.channels_last)
-        inputs, targets = task.inputs_and_targets(images)
-        with torch.autocast(**autocast):
-            terms = loss_fn(model(inputs), targets)
-        optimizer.zero_grad(set_to_none=True)
-        terms["total"].backward()
-        optimizer.step()
+        terms = training_step(
+            model, loss_fn, optimizer, *task.inputs_and_targets(images), config.amp
+        )
         step += 1
         count += 1
         for k, v in terms.items():

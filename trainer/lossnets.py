@@ -53,7 +53,8 @@ LOSS_NETWORKS = {
         tv_weight=0.0,
     ),
     # Block outputs at 1/2, 1/4, 1/8 and 1/16 resolution (16, 24, 32, 96 channels); content at the
-    # 1/8 block, like relu2_2-relu3_3 in VGG. Weights balance these features' smaller magnitudes.
+    # 1/8 block, like relu2_2-relu3_3 in VGG. Style weight from a GPU sweep (docs/
+    # style-weight-sweep.png): 1e9 keeps the photo, 3e9 and above paint over it.
     "mobilenet_v2": LossNetworkSpec(
         name="mobilenet_v2",
         taps={1: "block1", 3: "block3", 6: "block6", 13: "block13"},
@@ -61,7 +62,7 @@ LOSS_NETWORKS = {
         content_layer="block6",
         sr_layer="block3",
         content_weight=1e5,
-        style_weight=1e10,
+        style_weight=1e9,
         tv_weight=0.0,
     ),
 }
