@@ -66,8 +66,8 @@ def _fraction(text: str) -> float:
     return value
 
 
-def _positive(kind):
-    def parse(text: str):
+def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
         value = kind(text)
         if value <= 0:
             raise argparse.ArgumentTypeError(f"{text} is not a positive number")
