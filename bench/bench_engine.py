@@ -163,7 +163,7 @@ def main() -> int:
     parser.add_argument(
         "--baseline-memory-gb",
         type=float,
-        default=16,
+        default=10,
         help="address-space cap of the CPU eager baseline; above it the case reads n/a (OOM)",
     )
     parser.add_argument("--check", action="store_true", help="PSNR of engine vs baseline output")

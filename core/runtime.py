@@ -198,7 +198,9 @@ class OpenVINORunner:
         example = (x, torch.ones(2, self.channels)) if name == "frozen" and self.channels else (x,)
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python code
-            model = ov.convert_model(self.forms[name], example_input=example)
+            # Trace here: openvino's own tracing re-runs and checks the trace, 3x slower.
+            traced = torch.jit.trace(self.forms[name], example, check_trace=False)
+            model = ov.convert_model(traced, input=[list(t.shape) for t in example])
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.xml")
         ov.save_model(model, tmp, compress_to_fp16=False)
