@@ -10,11 +10,9 @@ import io
 import os
 import re
 import signal
-import struct
 import subprocess
 import sys
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +21,7 @@ from PIL import Image
 
 from core.cli import Progress, main
 from core.images import load_image, save_image
+from tests.core.test_images import bomb_png
 
 REPO = Path(__file__).resolve().parents[2]
 FAST = ["--backend", "torch"]  # no OpenVINO compilation: these tests check behaviour, not speed
@@ -43,23 +42,6 @@ def run_core(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def errors(stderr: str) -> list[str]:
     assert "Traceback" not in stderr
     return [line for line in stderr.splitlines() if line.startswith("error:")]
-
-
-def bomb_png(path: Path, width: int, height: int) -> None:
-    """A tiny PNG file that declares a huge image (a decompression bomb)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        )
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    path.write_bytes(
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 1000))
-        + chunk(b"IEND", b"")
-    )
 
 
 def truncated(path: Path, photo: np.ndarray) -> Path:

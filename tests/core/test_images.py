@@ -27,6 +27,11 @@ def ramp(height: int, width: int, channels: int, dtype=np.uint8) -> np.ndarray:
     return ((y * 7919 + x * 104729 + c * 15485863) % (top + 1)).astype(dtype)
 
 
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    """One PNG chunk: length, type, data, CRC."""
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
 def one_line(error: pytest.ExceptionInfo) -> str:
     message = str(error.value)
     assert "\n" not in message and message
@@ -109,14 +114,8 @@ def test_exif_rotation_applies_to_16_bits(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 8
     data = exif.tobytes()[6:] if exif.tobytes().startswith(b"Exif") else exif.tobytes()
-    chunk = (
-        struct.pack(">I", len(data))
-        + b"eXIf"
-        + data
-        + struct.pack(">I", zlib.crc32(b"eXIf" + data))
-    )
     raw = (tmp_path / "deep.png").read_bytes()
-    (tmp_path / "deep.png").write_bytes(raw[:-12] + chunk + raw[-12:])
+    (tmp_path / "deep.png").write_bytes(raw[:-12] + png_chunk(b"eXIf", data) + raw[-12:])
     loaded = load_image(tmp_path / "deep.png")
     assert loaded.dtype == np.uint16
     np.testing.assert_array_equal(loaded, np.rot90(stored, 1))
@@ -189,17 +188,11 @@ def test_missing_file_is_reported(tmp_path):
 def bomb_png(path: Path, width: int, height: int) -> None:
     """A tiny PNG file that declares a huge image (a decompression bomb)."""
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        )
-
     path.write_bytes(
         b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 1000))
-        + chunk(b"IEND", b"")
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+        + png_chunk(b"IEND", b"")
     )
 
 
@@ -326,3 +319,37 @@ def test_unusable_colour_profile_is_noted_not_fatal(tmp_path):
     notes: list[str] = []
     np.testing.assert_array_equal(load_image(tmp_path / "odd.png", notes=notes), image)
     assert notes == ["odd.png: its colour profile could not be applied; colours taken as they are"]
+
+
+ADAM7 = [
+    (0, 0, 8, 8),
+    (4, 0, 8, 8),
+    (0, 4, 4, 8),
+    (2, 0, 4, 4),
+    (0, 2, 2, 4),
+    (1, 0, 2, 2),
+    (0, 1, 1, 2),
+]
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+def test_interlaced_16bit_png_keeps_all_16_bits(tmp_path, channels):
+    # Some programs write interlaced (Adam7) PNGs: seven sub-images, each its own scanlines.
+    image = ramp(13, 11, channels, np.uint16)
+    data = b""
+    for x0, y0, dx, dy in ADAM7:
+        sub = image[y0::dy, x0::dx]
+        if sub.size:
+            rows = sub.astype(">u2").reshape(sub.shape[0], -1).view(np.uint8)
+            data += np.concatenate([np.zeros((len(rows), 1), np.uint8), rows], axis=1).tobytes()
+    color_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
+    header = struct.pack(">IIBBBBB", 11, 13, 16, color_type, 0, 0, 1)
+    (tmp_path / "adam7.png").write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", zlib.compress(data))
+        + png_chunk(b"IEND", b"")
+    )
+    loaded = load_image(tmp_path / "adam7.png")
+    assert loaded.dtype == np.uint16
+    np.testing.assert_array_equal(loaded, image)
