@@ -14,7 +14,7 @@ import platformdirs
 from core.modelfile import SUFFIX, ModelFileError
 from core.registry import user_models_dir
 from trainer.checkpoint import CheckpointError, export_model, load_checkpoint
-from trainer.config import TrainConfig
+from trainer.config import DEFAULT_LOSS_NETWORK, TrainConfig
 from trainer.data import DataError, find_photos
 from trainer.loop import TrainingError, train
 from trainer.lossnets import LOSS_NETWORKS, LossNetworkError
@@ -104,7 +104,7 @@ def _add_common(p: argparse.ArgumentParser, task: str) -> None:
     p.add_argument(
         "--loss-network",
         choices=list(LOSS_NETWORKS),
-        default="mobilenet_v2",
+        default=DEFAULT_LOSS_NETWORK,
         help="ImageNet network the perceptual losses use: vgg16 is the paper's (downloaded once, 528 MB); mobilenet_v2 is installed, works offline and is ~12x cheaper (default)",
     )
     p.add_argument(

@@ -6,6 +6,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from trainer.lossnets import LOSS_NETWORKS
+
+DEFAULT_LOSS_NETWORK = "mobilenet_v2"  # installed with Impasto and works offline
+_DEFAULTS = LOSS_NETWORKS[DEFAULT_LOSS_NETWORK]
+
 
 @dataclass
 class TrainConfig:
@@ -22,11 +27,11 @@ class TrainConfig:
     batch_size: int = 4  # per process
     steps: int = 40000
     lr: float = 1e-3
-    loss_network: str = "mobilenet_v2"
+    loss_network: str = DEFAULT_LOSS_NETWORK
     loss_weights: str | None = None
-    content_weight: float = 1e5
-    style_weight: float = 1e10
-    tv_weight: float = 0.0
+    content_weight: float = _DEFAULTS.content_weight
+    style_weight: float = _DEFAULTS.style_weight
+    tv_weight: float = _DEFAULTS.tv_weight
     pixel_weight: float = 0.0
     style_size: int = 256
     sr_loss: str = "perceptual"

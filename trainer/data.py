@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -107,6 +108,12 @@ def center_crop(path: Path, size: int, resize: bool) -> torch.Tensor:
         )
     left, top = (image.width - size) // 2, (image.height - size) // 2
     return to_tensor(image.crop((left, top, left + size, top + size)))
+
+
+def ignore_interrupts(worker_id: int) -> None:
+    """DataLoader worker set-up: Ctrl-C reaches the whole process group, but only the training
+    process should react to it (by checkpointing), not die mid-batch in a worker."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class PhotoCrops(Dataset):

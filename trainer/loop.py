@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from trainer.checkpoint import CHECKPOINT_NAME, export_model, load_checkpoint, save_checkpoint
 from trainer.config import TrainConfig
-from trainer.data import PhotoCrops, ResumableSampler, center_crop, find_photos
+from trainer.data import PhotoCrops, ResumableSampler, center_crop, find_photos, ignore_interrupts
 from trainer.distributed import Cluster
 from trainer.lossnets import load_loss_network
 from trainer.monitor import LossLog, Progress, contact_sheet, draw_loss_curve
@@ -179,6 +179,7 @@ def _train(config, resume, stop, on_step, device, cluster) -> TrainResult:
         num_workers=config.workers,
         pin_memory=device.type == "cuda",
         persistent_workers=config.workers > 0,
+        worker_init_fn=ignore_interrupts,
     )
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +13,7 @@ import pytest
 
 from core.modelfile import read_info
 from trainer import lossnets
+from trainer.checkpoint import load_checkpoint
 from trainer.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -106,3 +109,32 @@ def test_sr_command_checks_the_crop_fits_the_scale(tmp_path, photos, capsys):
     args = ["sr", "--name", "x4", "--output", str(tmp_path / "o")]
     assert main(args + tiny_args(tmp_path, photos, "--image-size", "30")) == 2
     assert "multiple of 4" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_ctrl_c_checkpoints_and_resume_finishes(tmp_path, photos, painting):
+    """A real SIGINT (as Ctrl-C sends to the whole process group, decoding workers included)."""
+    args = [sys.executable, "-m", "trainer", "style", "--style-image", str(painting), "--name", "c"]
+    args += ["--output", str(tmp_path / "c.impasto"), "--width", "compact"]
+    args += tiny_args(tmp_path, photos, "--workers", "1", "--steps", "1000")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    for line in process.stdout:
+        if line.startswith("step 2/"):
+            os.killpg(process.pid, signal.SIGINT)
+            break
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 1, err
+    assert "--resume" in out and "Traceback" not in err
+    stopped_at = load_checkpoint(tmp_path / "run")["step"]
+    assert stopped_at >= 2 and not (tmp_path / "c.impasto").exists()
+    steps = str(stopped_at + 1)
+    done = subprocess.run(
+        [*args[:-1], steps, "--resume"], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"resuming c at step {stopped_at}" in done.stdout
+    assert read_info(tmp_path / "c.impasto").training["steps"] == stopped_at + 1
