@@ -226,9 +226,9 @@ def docs_example(language: str, out: Path) -> str:
     """A code block of docs/gimp.md, with its file and model names pointed at the test's."""
     text = (REPO / "docs" / "gimp.md").read_text()
     code = text.split(f"```{language}\n", 1)[1].split("```", 1)[0]
-    for name in ("photo.jpg", "photo-mosaic.png", "photo-mosaic-x4.png"):
+    for name in ("photo.jpg", "photo-starry.png", "photo-starry-x4.png"):
         code = code.replace(f'"{name}"', repr(str(out / name)))
-    return code.replace('"mosaic"', '"tiny"').replace('"sr-sharp"', '"sr"')
+    return code.replace('"starry-night"', '"tiny"').replace('"sr-sharp"', '"sr"')
 
 
 def batch_script(out: Path, dialogs: bool, core_file: Path) -> str:
@@ -460,8 +460,8 @@ def test_docs_python_example(session) -> None:
     out, results, _ = session
     case = results["python_example"]
     assert case["status"] == "success", case["error"]
-    assert Image.open(out / "photo-mosaic.png").size == (W, H)
-    assert Image.open(out / "photo-mosaic-x4.png").size == (4 * W, 4 * H)
+    assert Image.open(out / "photo-starry.png").size == (W, H)
+    assert Image.open(out / "photo-starry-x4.png").size == (4 * W, 4 * H)
 
 
 def dialog_case(results: dict, name: str) -> dict:
