@@ -43,10 +43,10 @@ def _run(cmd: list[str], what: str, timeout: float = 900) -> None:
 def ensure_chroot(root: Path | None = None) -> Path:
     """Build the GIMP 3 chroot if it is not there yet (idempotent, under a lock); return its root."""
     root = root or chroot_root()
+    if os.geteuid() != 0:
+        raise Unavailable("running GIMP in a chroot needs root (debootstrap, chroot, mount)")
     if _ready(root):
         return root
-    if os.geteuid() != 0:
-        raise Unavailable("building the GIMP 3 chroot needs root (debootstrap, chroot, mount)")
     if not shutil.which("debootstrap"):
         if not shutil.which("apt-get"):
             raise Unavailable("debootstrap is not installed and there is no apt-get to install it")
