@@ -135,6 +135,15 @@ def gray():
     dump(layer, "gray", "Y' u8")
     return r
 
+def deep():
+    # A 16-bit image: the plug-in exchanges 8-bit pixels, GIMP converts both ways.
+    image, layer = new_image(*rgba)
+    image.convert_precision(Gimp.Precision.U16_NON_LINEAR)
+    layer = image.get_layers()[0]
+    _, r = call("plug-in-impasto-stylize", image, layer, model="tiny", output="in-place")
+    dump(layer, "deep", "R'G'B'A u8")
+    return r
+
 def upscale_new():
     # Into a new image, returned to the caller.
     image, layer = new_image(*rgba)
@@ -211,8 +220,10 @@ def cancelled():
     return r
 
 dialogs = (dialog_stylize, dialog_upscale) if __DIALOGS__ else ()
-for case in (*dialogs, script_fu_example, python_example, new_layer, options, selection, gray, upscale_new, upscale_in_place, unknown_model,
-             wrong_kind, indexed, locked, core_missing, cancelled):
+cases = (script_fu_example, python_example, new_layer, options, selection, gray, deep,
+         upscale_new, upscale_in_place, unknown_model, wrong_kind, indexed, locked, core_missing,
+         cancelled)
+for case in (*dialogs, *cases):
     try:
         results[case.__name__] = case()
     except Exception as e:  # one broken case must not hide the others
@@ -414,6 +425,13 @@ def test_grayscale_layer(session) -> None:
     gray = image[..., 1:2]
     want = engine_result("stylize", gray, "tiny", out.parent / "models")
     assert_close(raw(out, "gray", (H, W, 1)), want)
+
+
+def test_16_bit_image(session) -> None:
+    out, results, image = session
+    assert results["deep"]["status"] == "success", results["deep"]["error"]
+    want = engine_result("stylize", image, "tiny", out.parent / "models")
+    assert_close(raw(out, "deep", image.shape), want)
 
 
 def test_upscale_into_new_image_is_4x_and_matches_the_core(session) -> None:
