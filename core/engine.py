@@ -239,7 +239,8 @@ def _run_tiled(
     no_stats = np.zeros((2, 0), np.float32)
     report = progress or (lambda done, total: None)
 
-    if ph <= in_tile and pw <= in_tile:
+    # Memory follows the area, not the sides: an image no larger than one tile runs whole.
+    if ph * pw <= in_tile * in_tile:
         report(0, 1)
         _check(cancel)
         whole = _nchw(_pad_to(rgb, align))
