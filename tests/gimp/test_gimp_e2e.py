@@ -135,6 +135,19 @@ def gray():
     dump(layer, "gray", "Y' u8")
     return r
 
+def offset():
+    # A layer smaller than the image, moved, and a selection that covers part of it.
+    image, layer = new_image(*rgba)
+    layer.resize(40, 30, -10, -8)
+    image.select_rectangle(Gimp.ChannelOps.REPLACE, 0, 0, 30, 25)
+    dump(layer, "offset_before", "R'G'B'A u8")
+    _, x, y, w, h = layer.mask_intersect()
+    _, r = call("plug-in-impasto-stylize", image, layer, model="tiny", output="in-place")
+    r["box"] = [x, y, w, h]
+    r["offsets"] = list(layer.get_offsets()[1:])
+    dump(layer, "offset_after", "R'G'B'A u8")
+    return r
+
 def deep():
     # A 16-bit image: the plug-in exchanges 8-bit pixels, GIMP converts both ways.
     image, layer = new_image(*rgba)
@@ -220,7 +233,7 @@ def cancelled():
     return r
 
 dialogs = (dialog_stylize, dialog_upscale) if __DIALOGS__ else ()
-cases = (script_fu_example, python_example, new_layer, options, selection, gray, deep,
+cases = (script_fu_example, python_example, new_layer, options, selection, offset, gray, deep,
          upscale_new, upscale_in_place, unknown_model, wrong_kind, indexed, locked, core_missing,
          cancelled)
 for case in (*dialogs, *cases):
@@ -417,6 +430,20 @@ def test_feathered_selection_blends_and_outside_is_untouched(session) -> None:
     high = np.maximum(image, styled)[border][:, :3] + 2
     assert np.all((got[border][:, :3] >= low) & (got[border][:, :3] <= high))
     assert np.array_equal(got[..., 3], image[..., 3])
+
+
+def test_moved_layer_and_selection_use_layer_coordinates(session) -> None:
+    out, results, _ = session
+    case = results["offset"]
+    assert case["status"] == "success", case["error"]
+    assert case["offsets"] == [10, 8] and case["box"] == [0, 0, 20, 17]
+    before = raw(out, "offset_before", (30, 40, 4))
+    after = raw(out, "offset_after", (30, 40, 4))
+    want = engine_result("stylize", before[:17, :20], "tiny", out.parent / "models")
+    assert_close(after[:17, :20], want)
+    untouched = np.ones((30, 40), bool)
+    untouched[:17, :20] = False
+    assert np.array_equal(after[untouched], before[untouched])
 
 
 def test_grayscale_layer(session) -> None:
