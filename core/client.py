@@ -31,6 +31,8 @@ from core.connection import (
 
 REPO = Path(__file__).resolve().parent.parent
 LOG_KEEP = 1 << 20  # the log is rotated once it grows past this many bytes
+# DETACHED_PROCESS | CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW: outlives GIMP, shows no console.
+WINDOWS_DETACHED = 0x00000008 | 0x00000200 | 0x08000000
 
 
 class ImpastoError(Exception):
@@ -181,9 +183,7 @@ class Client:
             os.replace(log, log.with_suffix(".log.1"))
         command = [self.python, "-m", "core", "serve", *self.server_args]
         detach: dict[str, Any] = (
-            {
-                "creationflags": 0x00000008 | 0x00000200 | 0x08000000
-            }  # detached, new group, no window
+            {"creationflags": WINDOWS_DETACHED}
             if sys.platform == "win32"
             else {"start_new_session": True}
         )
@@ -245,8 +245,8 @@ class Client:
                     raise Cancelled("cancelled") from None
                 if attempt == 2 or not self.autostart:
                     raise ImpastoError(
-                        "the Impasto server stopped during the job (it may have crashed or "
-                        f"run out of memory); its log is {log_path()}"
+                        "the Impasto server stopped unexpectedly (it may have crashed or run out "
+                        f"of memory); if the plug-in started it, its log is {log_path()}"
                     ) from None
             except TimeoutError:
                 raise ImpastoError(

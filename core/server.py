@@ -260,7 +260,8 @@ class Handler(BaseHTTPRequestHandler):
     default_request_version = "HTTP/1.0"  # answer even an HTTP/0.9-style request with a status line
     server_version = f"Impasto/{core.__version__}"
     error_content_type = "application/json"
-    _checked: tuple[str, Any] | None = None
+    _checked: tuple[str, Any] | None = None  # the routed request, once checked
+    _body_read = False
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -299,7 +300,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _discard_body(self) -> None:
         """Swallow a small unread body so the client can read our answer instead of a reset."""
-        if getattr(self, "_body_read", False) or getattr(self, "headers", None) is None:
+        if self._body_read or getattr(self, "headers", None) is None:  # no headers: unparsable
             return
         self._body_read = True
         if self.headers.get("Expect", "").lower() == "100-continue":
@@ -675,6 +676,12 @@ class ImpastoHTTPServer(ThreadingHTTPServer):
             "max_megapixels": self.max_megapixels,
         }
 
+    def wait_for_handlers(self, timeout: float) -> None:
+        """Give open connections a moment to finish, e.g. to tell a client its job was cancelled."""
+        deadline = time.monotonic() + timeout
+        while self._connections and time.monotonic() < deadline:
+            time.sleep(0.05)
+
     def stop(self, reason: str) -> None:
         """Stop serving (from any thread but the one running serve_forever)."""
         if self._stopper is None:
@@ -807,6 +814,7 @@ def run(args: argparse.Namespace) -> int:
         log.info("interrupted")
     finally:
         jobs.stop()
+        server.wait_for_handlers(timeout=2)
         server.server_close()
         withdraw_connection(info.pid)
         signal.signal(signal.SIGTERM, previous)

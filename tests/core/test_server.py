@@ -562,13 +562,21 @@ def test_queue_positions_progress_and_cancel_by_disconnect(
 
 @pytest.mark.slow
 def test_shutdown_and_idle_timeout_remove_the_connection_file(
-    tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, home: Path, monkeypatch: pytest.MonkeyPatch, photo: np.ndarray
 ) -> None:
     monkeypatch.setenv("IMPASTO_CONFIG_DIR", str(tmp_path))
     idle = start_server(tmp_path, "--idle-timeout", "1")
     assert idle.process.wait(timeout=60) == 0
     assert not (tmp_path / "server.json").exists()
+
     running = start_server(tmp_path)
+    big = np.ascontiguousarray(np.tile(photo, (8, 8, 1)))
+    job = JobStream(running.info, job_path("stylize", "wide", big), big)
+    job.until("status", state="running")
     assert call(running.info, "POST", "/shutdown")[0] == 200
+    while (event := job.event())["event"] != "error":
+        pass  # the running job is told why it stops
+    assert event["error"] == "shutting_down" and "shut down" in event["message"]
+    job.close()
     assert running.process.wait(timeout=60) == 0
     assert not (tmp_path / "server.json").exists()
