@@ -31,7 +31,7 @@ def optimise(
         evaluations += 1
         if evaluations in checkpoints:
             elapsed = time.perf_counter() - start
-            results[evaluations] = (float(loss), elapsed, image.detach().clamp(0, 1).clone())
+            results[evaluations] = (loss.item(), elapsed, image.detach().clamp(0, 1).clone())
         return loss
 
     optimiser.step(closure)
