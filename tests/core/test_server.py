@@ -16,8 +16,10 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from core.connection import ConnectionInfo, probe, read_connection
+from core.modelfile import read_info
 from tests.conftest import make_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -344,6 +346,30 @@ def test_bad_jobs_get_a_clear_4xx_before_the_body_is_sent(
     body = json.loads(response.read())
     conn.close()
     assert (response.status, body["error"]) == (status, error) and words in body["message"], body
+
+
+def test_a_failing_job_is_reported_and_the_server_carries_on(
+    server: Server, home: Path, photo: np.ndarray
+) -> None:
+    # Metadata says compact, weights are full width: the file lists fine and fails when loaded.
+    broken = make_model(home / "models", "broken", width="full")
+    blob = torch.load(broken, weights_only=True)
+    blob["meta"]["options"] = {"width": "compact"}
+    torch.save(blob, broken)
+    assert read_info(broken).options == {"width": "compact"}
+
+    stream = JobStream(server.info, job_path("stylize", "broken", photo), photo)
+    while (event := stream.event())["event"] != "error":
+        pass
+    stream.close()
+    assert (
+        event["error"] == "engine_error" and "does not match its architecture" in event["message"]
+    )
+    again = JobStream(server.info, job_path("stylize", "tiny", photo), photo)
+    np.testing.assert_array_equal(
+        again.result(photo.shape, "uint8"), engine_output("stylize", "tiny", photo)
+    )
+    again.close()
 
 
 def test_wrong_byte_count_is_refused(server: Server) -> None:
