@@ -801,7 +801,7 @@ def run(args: argparse.Namespace) -> int:
     log.info(
         "Impasto %s server on http://%s:%d (pid %d, %s/%s); connection file %s",
         core.__version__,
-        host,
+        f"[{host}]" if ":" in host else host,
         info.port,
         info.pid,
         engine.device,
