@@ -6,7 +6,7 @@ layout, loss-network features of the input computed with autograd. The trainer's
 folded batch norms and optional bf16 autocast / torch.compile. Both run in this process, on the
 same random batch, alternating, so machine load affects them alike.
 
-    .venv/bin/python bench/bench_trainer.py [--sizes 256 128] [--steps 4] [--compile]
+    .venv/bin/python bench/bench_trainer.py [--sizes 256 128] [--steps 4] [--threads N] [--compile]
 """
 
 from __future__ import annotations
@@ -45,10 +45,10 @@ def plain_step(net, lossnet, optimizer, x, style_grams, spec) -> None:
     optimizer.step()
 
 
-def lossnet_for(name: str) -> LossNetwork:
+def lossnet_for(name: str, fold: bool = True) -> LossNetwork:
     """MobileNetV2 with its real weights; VGG-16 with random weights (speed is the same)."""
     if name == "mobilenet_v2":
-        return load_loss_network(name)
+        return load_loss_network(name, fold=fold)
     torch.manual_seed(0)
     return LossNetwork(LOSS_NETWORKS[name])
 
@@ -61,7 +61,7 @@ def variants(name: str, size: int, use_compile: bool):
 
     def baseline():
         torch.manual_seed(0)
-        net, lossnet = StyleNet(), lossnet_for(name)
+        net, lossnet = StyleNet(), lossnet_for(name, fold=False)  # torchvision's layers
         optimizer = torch.optim.Adam(net.parameters(), 1e-3)
         with torch.no_grad():
             feats = lossnet(style)
@@ -104,7 +104,10 @@ def main() -> None:
     parser.add_argument("--networks", nargs="+", default=["vgg16", "mobilenet_v2"])
     parser.add_argument("--steps", type=int, default=4, help="timed steps per variant")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's choice)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {BATCH}")
     print("| loss network | size | step | images/s | vs plain |")
     print("|---|---|---|---|---|")

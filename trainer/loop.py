@@ -54,6 +54,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (else autocast emulates it, several times slower)."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
 class StopRequest:
     """Ctrl-C or SIGTERM asks for a checkpoint then a clean stop; a second Ctrl-C aborts at once."""
 
@@ -134,6 +139,12 @@ def train(
         )
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    if config.amp and device.type == "cpu" and not cpu_has_bf16():
+        print(
+            "warning: this CPU has no native bf16 (AVX512-BF16 or AMX), so --amp is slower "
+            "here; train without it",
+            file=sys.stderr,
+        )
     stop = stop or threading.Event()
     stopper = StopRequest(stop)
     try:

