@@ -54,6 +54,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def memory_format_for(device: torch.device) -> torch.memory_format:
+    """channels_last on GPUs (tensor cores want it); on CPUs the default layout measured faster
+    for whole training steps (instance norm and reflection padding are slower in channels_last)."""
+    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes bf16 natively (else autocast emulates it, several times slower)."""
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
@@ -161,7 +167,8 @@ def _train(config, resume, stop, on_step, device, cluster) -> TrainResult:
     needs_lossnet = config.task == "style" or config.sr_loss == "perceptual"
     lossnet = load_loss_network(config.loss_network, config.loss_weights) if needs_lossnet else None
     task = make_task(config, lossnet)
-    loss_fn = task.loss.to(device, memory_format=torch.channels_last)
+    layout = memory_format_for(device)
+    loss_fn = task.loss.to(device, memory_format=layout)
 
     torch.manual_seed(config.seed)
     net = task.network().to(device)
@@ -174,8 +181,7 @@ def _train(config, resume, stop, on_step, device, cluster) -> TrainResult:
         torch.set_rng_state(state["rng"])
         if main:
             print(f"resuming {config.name} at step {step}", flush=True)
-    # channels_last: the fast convolution layout on CPUs (oneDNN) and tensor-core GPUs.
-    net = net.to(memory_format=torch.channels_last)
+    net = net.to(memory_format=layout)
     model: nn.Module = DistributedDataParallel(net) if cluster.world_size > 1 else net
     if config.compile:
         model, loss_fn = torch.compile(model), torch.compile(loss_fn)
@@ -232,7 +238,7 @@ def _train(config, resume, stop, on_step, device, cluster) -> TrainResult:
     def write_preview() -> None:
         with torch.no_grad(), torch.autocast(**autocast):
             images = preview.to(device).float().div(255)
-            rows = task.preview_rows(net, images.contiguous(memory_format=torch.channels_last))
+            rows = task.preview_rows(net, images.contiguous(memory_format=layout))
         contact_sheet(rows, run_dir / "previews" / f"step_{step:07d}.png")
 
     started = time.perf_counter()
@@ -242,7 +248,7 @@ def _train(config, resume, stop, on_step, device, cluster) -> TrainResult:
     batches = iter(loader)
     while step < config.steps and not stopping:
         photos_batch = next(batches).to(device, non_blocking=True)
-        images = photos_batch.float().div(255).contiguous(memory_format=torch.channels_last)
+        images = photos_batch.float().div(255).contiguous(memory_format=layout)
         terms = training_step(
             model, loss_fn, optimizer, *task.inputs_and_targets(images), config.amp
         )
