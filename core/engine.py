@@ -4,7 +4,7 @@ Images larger than one tile are processed in overlapping tiles of bounded size w
 blended with linear ramps, so memory stays bounded (a 50-megapixel image works on a laptop).
 Style networks normalise every tile with statistics measured once on a thumbnail of the whole
 image (Thumbnail Instance Normalization, Chen et al., AAAI 2022), so tiles show no seams; an image
-that fits in one tile runs whole with its own statistics, exactly as the network was trained.
+whose area fits one tile runs whole with its own statistics, exactly as the network was trained.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from core.runtime import (
     openvino_has_bf16,
 )
 
-# Largest tile side in output pixels per device: bounds the network's activation memory.
+# Tile side in output pixels per device; its square bounds the area (and activation memory) of
+# one network run.
 TILE_SIZE = {"cpu": 1024, "mps": 1024, "cuda": 2048}
 MIN_TILE_SIZE = 128  # out-of-memory retries halve the tile down to this
 THUMBNAIL_SIDE = 768  # longest side of the thumbnail whose statistics every tile uses
@@ -43,7 +44,7 @@ SR_MARGIN, SR_BLEND = SR_RECEPTIVE_RADIUS, 8
 SR_MIN_INPUT_TILE = 64
 SCALE_RANGE = (0.1, 4.0)
 MIN_SIDE = 16
-MODEL_CACHE_SIZE = 3  # loaded models kept; each holds its compiled tile shapes
+MODEL_CACHE_SIZE = 2  # loaded models kept; each holds its compiled tile shapes
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as in JPEG's YCbCr
 
 Progress = Callable[[int, int], None]
