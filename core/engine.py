@@ -298,6 +298,7 @@ def _thumbnail_stats(
     factor = min(1.0, max(factor, 2 * MIN_SIDE / min(h, w)))  # very long images keep some height
     thumbnail = _resize(rgb, (round(h * factor), round(w * factor))) if factor < 1 else rgb
     _, stats = runner.run_live(_nchw(_pad_to(thumbnail, 4)), cancel)
+    runner.release_live()  # recompiling next time (~0.3 s) beats holding its memory during tiles
     return stats
 
 

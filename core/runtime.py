@@ -118,6 +118,9 @@ class TorchRunner:
             y, stats = self.live(self._input(x))
             return y.float().cpu().numpy(), stats.float().cpu().numpy()
 
+    def release_live(self) -> None:
+        """Nothing to free: PyTorch allocates per call."""
+
     def run_frozen(
         self, x: np.ndarray, stats: np.ndarray, cancel: threading.Event | None
     ) -> np.ndarray:
@@ -248,6 +251,11 @@ class OpenVINORunner:
         """Output and statistics of a (1, 3, H, W) float32 input with H, W multiples of 4."""
         y, stats = self._infer("live", [np.ascontiguousarray(x)], cancel)
         return y, stats.reshape(2, self.channels)
+
+    def release_live(self) -> None:
+        """Free the memory of the live form (a thumbnail pass is done; tiles run next)."""
+        for key in [k for k in self.compiled if k[0] == "live"]:
+            del self.compiled[key]
 
     def run_frozen(
         self, x: np.ndarray, stats: np.ndarray, cancel: threading.Event | None
