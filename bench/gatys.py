@@ -10,14 +10,16 @@ from trainer.losses import StyleLoss
 
 
 def optimise(
-    loss_fn: StyleLoss, photo: torch.Tensor, checkpoints: list[int]
+    loss_fn: StyleLoss, photo: torch.Tensor, checkpoints: list[int], init: str = "photo"
 ) -> dict[int, tuple[float, float, torch.Tensor]]:
-    """Minimise the perceptual objective over the pixels of ``photo`` with L-BFGS (as Gatys et al.).
+    """Minimise the perceptual objective for ``photo`` over an image's pixels with L-BFGS (Gatys et al.).
 
-    Starts from the photo; returns {iteration: (objective, seconds, image)} at each checkpoint,
-    counting one iteration per objective evaluation.
+    ``init``: start from the photo, or from white noise (as jcjohnson/neural-style's default). Returns
+    {iteration: (objective, seconds, image)} at each checkpoint, one iteration per evaluation.
     """
-    image = photo.detach().contiguous().clone().requires_grad_(True)
+    generator = torch.Generator().manual_seed(0)
+    start_image = photo if init == "photo" else torch.rand(photo.shape, generator=generator)
+    image = start_image.detach().contiguous().clone().requires_grad_(True)
     optimiser = torch.optim.LBFGS([image], lr=1.0, max_iter=max(checkpoints), history_size=20)
     results: dict[int, tuple[float, float, torch.Tensor]] = {}
     evaluations = 0
