@@ -64,6 +64,12 @@ def write_model(folder: Path, width: str) -> Path:
     return save_model(folder / f"bench-{width}.impasto", net, info)
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process, all threads: less disturbed than wall time on a shared machine."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def child(args: argparse.Namespace) -> None:
     """One case in this process: print a JSON line with seconds and peak memory."""
     import numpy as np
@@ -87,10 +93,10 @@ def child(args: argparse.Namespace) -> None:
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         sync()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), cpu_seconds()
         result = engine.stylize(model_path, image)
         sync()
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
     else:
         from core.modelfile import load_model
 
@@ -102,18 +108,19 @@ def child(args: argparse.Namespace) -> None:
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         sync()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), cpu_seconds()
         # As pytorch/examples' eval: to float, the whole image through the network, back to 8 bits.
         with torch.no_grad():
             x = torch.from_numpy(image).to(device).permute(2, 0, 1)[None].float() / 255
             y = net(x).clamp(0, 1).mul(255).round().byte()[0].permute(1, 2, 0).cpu().numpy()
         sync()
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
         result = y
     if args.save:
         np.save(args.save, result)
     report = {
         "seconds": seconds,
+        "cpu_seconds": cpu,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "label": label,
     }
@@ -179,8 +186,14 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("IMPASTO_CACHE_DIR", str(Path(tmp) / "cache"))
         model_path = write_model(Path(tmp), args.width)
-        print(f"# bench_engine: width={args.width} device={args.device} cpus={os.cpu_count()}")
-        header = "| MP | engine s | engine s/MP | engine peak | eager s | eager s/MP | eager peak | speed-up |"
+        print(
+            f"# bench_engine: width={args.width} device={args.device} cpus={os.cpu_count()} "
+            f"load average {os.getloadavg()[0]:.1f}"
+        )
+        header = (
+            "| MP | engine s | engine s/MP | engine CPU-s/MP | engine peak "
+            "| eager s | eager s/MP | eager CPU-s/MP | eager peak | speed-up | CPU-time ratio |"
+        )
         if args.check:
             header += " PSNR dB |"
         print(header)
@@ -193,16 +206,23 @@ def main() -> int:
             for method in ("engine", "eager"):
                 r = results[method]
                 if "error" in r:
-                    cells += [f"n/a ({r['error']})", "", ""]
+                    cells += [f"n/a ({r['error']})", "", "", ""]
                     continue
                 labels.add(r["label"])
                 peak = f"{r['peak_rss_gb']:.2f} GB RSS"
                 if "peak_gpu_gb" in r:
                     peak += f", {r['peak_gpu_gb']:.2f} GB GPU"
-                cells += [f"{r['seconds']:.2f}", f"{r['seconds'] / megapixels:.2f}", peak]
+                cells += [f"{r['seconds']:.2f}", f"{r['seconds'] / megapixels:.2f}"]
+                cells += [f"{r['cpu_seconds'] / megapixels:.2f}", peak]
             both = all("error" not in r for r in results.values())
             ratio = results["eager"]["seconds"] / results["engine"]["seconds"] if both else None
             cells.append(f"{ratio:.2f}x" if ratio else "n/a")
+            if both:
+                cells.append(
+                    f"{results['eager']['cpu_seconds'] / results['engine']['cpu_seconds']:.2f}x"
+                )
+            else:
+                cells.append("n/a")
             if args.check:
                 import numpy as np
 
@@ -211,7 +231,7 @@ def main() -> int:
                 else:
                     cells.append("n/a")
             print("| " + " | ".join(cells) + " |", flush=True)
-        print(f"# runtimes: {', '.join(sorted(labels))}")
+        print(f"# runtimes: {', '.join(sorted(labels))}; load average {os.getloadavg()[0]:.1f}")
     return 0
 
 
