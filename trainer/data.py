@@ -77,17 +77,23 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)
 
 
+def _cover(image: Image.Image, size: int, resize: bool) -> Image.Image:
+    """The image with its shorter side scaled to ``size``: always with ``resize``, else only if smaller."""
+    shorter = min(image.size)
+    if not resize and shorter >= size:
+        return image
+    scale = size / shorter
+    return image.resize(
+        (max(size, round(image.width * scale)), max(size, round(image.height * scale))),
+        Image.BICUBIC,
+    )
+
+
 def random_crop(
     image: Image.Image, size: int, rng: random.Random, resize: bool, flip: bool = True
 ) -> Image.Image:
     """A ``size`` square crop; ``resize`` first scales the shorter side to ``size`` (else only if smaller)."""
-    shorter = min(image.size)
-    if resize or shorter < size:
-        scale = size / shorter
-        image = image.resize(
-            (max(size, round(image.width * scale)), max(size, round(image.height * scale))),
-            Image.BICUBIC,
-        )
+    image = _cover(image, size, resize)
     left = rng.randint(0, image.width - size)
     top = rng.randint(0, image.height - size)
     image = image.crop((left, top, left + size, top + size))
@@ -98,14 +104,7 @@ def random_crop(
 
 def center_crop(path: Path, size: int, resize: bool) -> torch.Tensor:
     """A fixed ``size`` square from the middle of a photo, as 3xHxW uint8 (for previews)."""
-    image = open_rgb(path)
-    shorter = min(image.size)
-    if resize or shorter < size:
-        scale = size / shorter
-        image = image.resize(
-            (max(size, round(image.width * scale)), max(size, round(image.height * scale))),
-            Image.BICUBIC,
-        )
+    image = _cover(open_rgb(path), size, resize)
     left, top = (image.width - size) // 2, (image.height - size) // 2
     return to_tensor(image.crop((left, top, left + size, top + size)))
 
