@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from core.modelfile import ModelFileError, load_model, read_info
-from core.registry import UnknownModelError, find_model, list_models
+from core.registry import SHIPPED_DIR, UnknownModelError, find_model, list_models
 from tests.conftest import make_model
 
 
@@ -71,7 +71,26 @@ def test_registry_lists_user_models_and_skips_broken(models_dir: Path) -> None:
     (models_dir / "broken.impasto").write_bytes(b"nope")
     names = [m.name for m in list_models("style")]
     assert "tiny" in names and "wide" in names and "broken" not in names and "sr" not in names
-    assert [m.name for m in list_models("sr")] == ["sr"]
+    assert {"sr", "sr-faithful", "sr-sharp"} <= {m.name for m in list_models("sr")}
     assert find_model("tiny") == models_dir / "tiny.impasto"
     with pytest.raises(UnknownModelError, match="known: .*tiny"):
         find_model("nonexistent", kind="style")
+
+
+def test_user_model_replaces_shipped_one_of_the_same_name(models_dir: Path) -> None:
+    make_model(models_dir, "udnie", width="compact")
+    assert find_model("udnie") == models_dir / "udnie.impasto"
+    assert [m.path for m in list_models() if m.name == "udnie"] == [models_dir / "udnie.impasto"]
+
+
+def test_shipped_models_load_with_credits_and_training_record() -> None:
+    shipped = {p.stem: p for p in SHIPPED_DIR.glob("*.impasto")}
+    assert {"starry-night", "great-wave", "the-scream", "composition-vii", "udnie"} <= set(shipped)
+    assert {"sr-faithful", "sr-sharp"} <= set(shipped)
+    for name, path in shipped.items():
+        net, info = load_model(path)
+        assert info.name == name and info.training["command"].startswith("python -m trainer")
+        if info.kind == "style":
+            assert "public domain" in info.credit
+            out = net(torch.rand(1, 3, 32, 32))
+            assert out.shape == (1, 3, 32, 32) and torch.isfinite(out).all()
