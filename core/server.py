@@ -51,7 +51,7 @@ MAX_CONNECTIONS = 64  # open connections; bounds the threads a flood of clients 
 MAX_DIMENSION = 65535
 HEARTBEAT = 0.5  # seconds between status events, so clients can cancel and detect a dead server
 DRAIN_LIMIT = 64 << 20  # unread body bytes swallowed before an error, so the client sees the error
-MODEL_NAME = re.compile(r"^[\w][\w .+-]{0,127}$")
+MODEL_NAME = re.compile(r"\w[\w .+-]{0,127}")  # fullmatch: no trailing newline
 SAMPLE_TYPES = {"u8": ("uint8", 1), "u16": ("<u2", 2), "f32": ("<f4", 4)}
 FINISHED = ("done", "failed", "cancelled")
 OPERATIONS = {"stylize": "style", "upscale": "sr"}  # operation -> model kind it needs
@@ -614,7 +614,10 @@ class ImpastoHTTPServer(ThreadingHTTPServer):
 
     def host_allowed(self, host: str) -> bool:
         """Host header check against DNS rebinding: an IP literal (loopback if we bind loopback) or localhost."""
-        match = re.fullmatch(r"\[([0-9a-fA-F:.]+)\](?::(\d+))?|([^:\[\]]+)(?::(\d+))?", host)
+        # ASCII port digits only: int() of a huge or non-ASCII number must not raise or be accepted.
+        match = re.fullmatch(
+            r"\[([0-9a-fA-F:.]+)\](?::([0-9]{1,5}))?|([^:\[\]]+)(?::([0-9]{1,5}))?", host
+        )
         if not match:
             return False
         name = match.group(1) or match.group(3)
@@ -634,7 +637,7 @@ class ImpastoHTTPServer(ThreadingHTTPServer):
         from core.modelfile import ModelFileError, read_info
         from core.registry import UnknownModelError, find_model
 
-        if not MODEL_NAME.match(name):
+        if not MODEL_NAME.fullmatch(name):
             raise RequestError(
                 400, "bad_request", f"model must be a name listed by {API}/models, not {name!r}"
             )

@@ -452,6 +452,7 @@ def hostile_requests(info: ConnectionInfo) -> list[tuple[str, bytes]]:
         "Authorization: Basic Zm9vOmJhcg==",
         "Origin: http://127.0.0.1",
         "Host: 127.0.0.1:1",
+        f"Host: 127.0.0.1:{'1' * 5000}",  # int() refuses this many digits
     ]:
         http("GET", "/v1/models", header + "\r\n")
     http("GET", "/v1/models", auth.replace("Bearer ", "Bearer  "))
