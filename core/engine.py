@@ -28,6 +28,7 @@ from core.runtime import (
     OpenVINORunner,
     RuntimeCancelled,
     TorchRunner,
+    norm_layers,
     openvino_available,
     openvino_has_bf16,
 )
@@ -171,16 +172,15 @@ class Engine:
         stamp = (stat.st_mtime_ns, stat.st_size)
         cached = self._models.get(path)
         if cached is not None and cached.stamp == stamp:
+            _check_kind(cached.info, kind)  # a model cached by the other kind of job
             self._models.move_to_end(path)
             return cached
         try:
             net, info = load_model(path)
         except ModelFileError as e:
             raise EngineError(str(e)) from None
-        if info.kind != kind:
-            wanted = {"style": "a style model", "sr": "an upscaling model"}[kind]
-            raise EngineError(f"{info.name!r} is a {info.kind!r} model; this needs {wanted}")
-        has_norm = any(hasattr(m, "record") for m in net.modules())
+        _check_kind(info, kind)
+        has_norm = bool(norm_layers(net))
         if self.backend == "openvino":
             runner: TorchRunner | OpenVINORunner = OpenVINORunner(net, path, self.precision)
         else:
@@ -217,6 +217,12 @@ class Engine:
                         "programs, or use a smaller image"
                     ) from None
                 tile //= 2
+
+
+def _check_kind(info: ModelInfo, kind: str) -> None:
+    if info.kind != kind:
+        wanted = {"style": "a style model", "sr": "an upscaling model"}[kind]
+        raise EngineError(f"{info.name!r} is a {info.kind!r} model; this needs {wanted}")
 
 
 def _run_tiled(

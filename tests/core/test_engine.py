@@ -371,6 +371,16 @@ def test_wrong_kind_of_model_is_refused(models_dir, torch_engine):
         torch_engine.upscale("tiny", image)
 
 
+def test_a_cached_model_is_still_refused_for_the_other_kind(models_dir, torch_engine):
+    image = as_dtype(textured(48, 64), np.uint8)
+    torch_engine.stylize("tiny", image)
+    torch_engine.upscale("sr", image)
+    with pytest.raises(EngineError, match="needs an upscaling model"):
+        torch_engine.upscale("tiny", image)
+    with pytest.raises(EngineError, match="needs a style model"):
+        torch_engine.stylize("sr", image)
+
+
 @pytest.mark.parametrize(
     "image, message",
     [
