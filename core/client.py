@@ -330,7 +330,7 @@ class Client:
         done = -1.0
         while True:
             line = response.readline(1 << 16)
-            if not line:
+            if not line.endswith(b"\n"):  # the stream ended, maybe mid-line: the server died
                 raise _ServerGone()
             event = json.loads(line)
             if cancel is not None and cancel.is_set():
