@@ -107,7 +107,7 @@ class JobQueue:
                 raise RequestError(
                     503, "shutting_down", "the Impasto server is shutting down; retry"
                 )
-            if len(self._waiting) + (self._running is not None) >= MAX_QUEUE:
+            if self.count() >= MAX_QUEUE:
                 raise RequestError(
                     503, "busy", f"the Impasto server already has {MAX_QUEUE} jobs; retry later"
                 )
@@ -138,21 +138,25 @@ class JobQueue:
     def snapshot(self) -> list[dict[str, Any]]:
         """Running and waiting jobs, for GET /v1/jobs."""
         with self.changed:
-            jobs = ([self._running] if self._running else []) + list(self._waiting)
             return [
                 {"id": j.id, "operation": j.op, "model": j.model_name, **self.status(j)}
-                for j in jobs
+                for j in self._active()
             ]
 
-    def busy(self) -> bool:
+    def count(self) -> int:
+        """Jobs running or waiting."""
         with self.changed:
-            return self._running is not None or bool(self._waiting)
+            return len(self._waiting) + (self._running is not None)
+
+    def _active(self) -> list[Job]:
+        """The running job, then the waiting ones (call with the lock held)."""
+        return ([self._running] if self._running else []) + list(self._waiting)
 
     def stop(self) -> None:
         """Refuse new jobs and cancel the waiting and running ones."""
         with self.changed:
             self._stopping = True
-            for job in [*self._waiting, *([self._running] if self._running else [])]:
+            for job in self._active():
                 job.cancel.set()
                 job.error = ("shutting_down", "the Impasto server was shut down during the job")
             for job in self._waiting:
@@ -675,7 +679,7 @@ class ImpastoHTTPServer(ThreadingHTTPServer):
             "pid": os.getpid(),
             "device": self.jobs.engine.device,
             "backend": self.jobs.engine.backend,
-            "jobs": len(self.jobs.snapshot()),
+            "jobs": self.jobs.count(),
             "max_megapixels": self.max_megapixels,
         }
 
@@ -708,7 +712,7 @@ def _watch_idle(server: ImpastoHTTPServer, idle_timeout: float) -> None:
     while server._stopper is None:
         time.sleep(min(1.0, idle_timeout / 4))
         idle = time.monotonic() - server.jobs.last_activity
-        if idle > idle_timeout and not server.jobs.busy():
+        if idle > idle_timeout and not server.jobs.count():
             server.stop(f"idle for {idle_timeout:g} s")
 
 
