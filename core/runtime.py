@@ -242,6 +242,10 @@ class OpenVINORunner:
         while not request.wait_for(100):
             if cancel is not None and cancel.is_set():
                 request.cancel()
+                try:
+                    request.wait()  # collect the cancellation, or the request fails every later run
+                except RuntimeError:
+                    pass  # "Infer Request was canceled"
                 raise RuntimeCancelled
         return [request.get_output_tensor(i).data.copy() for i in range(len(request.model_outputs))]
 

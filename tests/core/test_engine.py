@@ -13,7 +13,7 @@ from core import engine as engine_module
 from core.engine import Cancelled, Engine, EngineError, StyleOptions
 from core.modelfile import load_model
 from core.registry import UnknownModelError
-from core.runtime import FrozenStats, LiveStats, openvino_available
+from core.runtime import FrozenStats, LiveStats, RuntimeCancelled, openvino_available
 from tests.conftest import make_model
 
 needs_openvino = pytest.mark.skipif(not openvino_available(), reason="openvino is not installed")
@@ -292,6 +292,18 @@ def test_progress_counts_tiles_and_cancel_stops(models_dir, backend):
         engine.upscale("sr", image[:64, :64], progress=lambda d, t: cancel.set(), cancel=cancel)
     # The engine is fine afterwards.
     assert engine.upscale("sr", image[:32, :32]).shape == (128, 128, 3)
+
+
+@needs_openvino
+def test_openvino_runs_again_after_a_cancel_inside_a_tile(models_dir):
+    runner = Engine(device="cpu", backend="openvino", precision="fp32")._load("sr", "sr").runner
+    x = np.ascontiguousarray(textured(256, 256).transpose(2, 0, 1)[None])
+    no_stats = np.zeros((2, 0), np.float32)
+    cancel = threading.Event()
+    cancel.set()  # seen at the first poll, 0.1 s into the run (the run takes longer)
+    with pytest.raises(RuntimeCancelled):
+        runner.run_frozen(x, no_stats, cancel)
+    assert runner.run_frozen(x, no_stats, None).shape == (1, 3, 1024, 1024)
 
 
 def test_out_of_memory_retries_with_smaller_tiles(models_dir, monkeypatch):
