@@ -11,6 +11,7 @@ image. Networks without instance norm (SR) return an empty (2, 0) statistics arr
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
@@ -206,11 +207,17 @@ class OpenVINORunner:
             # Trace here: openvino's own tracing re-runs and checks the trace, 3x slower.
             traced = torch.jit.trace(self.forms[name], example, check_trace=False)
             model = ov.convert_model(traced, input=[list(t.shape) for t in example])
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.xml")
-        ov.save_model(model, tmp, compress_to_fp16=False)
-        os.replace(tmp.with_suffix(".bin"), path.with_suffix(".bin"))
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            ov.save_model(model, tmp, compress_to_fp16=False)
+            os.replace(tmp.with_suffix(".bin"), path.with_suffix(".bin"))
+            os.replace(tmp, path)
+        except (OSError, RuntimeError):  # OpenVINO reports write errors as RuntimeError
+            # A read-only or full cache folder only costs tracing again next time.
+            for leftover in (tmp, tmp.with_suffix(".bin")):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
         return model
 
     def _request(self, form: str, shape: tuple[int, ...]):

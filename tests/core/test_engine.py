@@ -306,6 +306,16 @@ def test_openvino_runs_again_after_a_cancel_inside_a_tile(models_dir):
     assert runner.run_frozen(x, no_stats, None).shape == (1, 3, 1024, 1024)
 
 
+@needs_openvino
+def test_openvino_works_when_its_cache_cannot_be_written(models_dir, tmp_path, monkeypatch):
+    (tmp_path / "a-file").write_text("not a folder")
+    monkeypatch.setenv("IMPASTO_CACHE_DIR", str(tmp_path / "a-file" / "cache"))
+    image = as_dtype(textured(48, 64), np.uint8)
+    expected = Engine(device="cpu", backend="torch").stylize("tiny", image)
+    result = Engine(device="cpu", backend="openvino", precision="fp32").stylize("tiny", image)
+    assert np.abs(result.astype(int) - expected).max() <= 1
+
+
 def test_out_of_memory_retries_with_smaller_tiles(models_dir, monkeypatch):
     engine = Engine(device="cpu", backend="torch", tile_size=512)
     image = textured(300, 400)
