@@ -285,17 +285,19 @@ class Handler(BaseHTTPRequestHandler):
     def _send_json(
         self, status: int, payload: dict[str, Any], extra: dict[str, str] | None = None
     ) -> None:
-        self.close_connection = True
         self._discard_body()
         body = json.dumps(payload, default=str).encode()
-        self.send_response(status)
-        for key, value in {"Content-Type": "application/json", **(extra or {})}.items():
-            self.send_header(key, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("Connection", "close")
-        self.end_headers()
+        headers = {"Content-Type": "application/json", **(extra or {})}
+        self._send_head(status, {**headers, "Content-Length": str(len(body))})
         self.wfile.write(body)
+
+    def _send_head(self, status: int, headers: dict[str, str]) -> None:
+        """Status line and headers of the one response on this connection, which then closes."""
+        self.close_connection = True
+        self.send_response(status)
+        for key, value in {**headers, "Cache-Control": "no-store", "Connection": "close"}.items():
+            self.send_header(key, value)
+        self.end_headers()
 
     def _refuse(self, error: RequestError) -> None:
         self._send_json(
@@ -530,12 +532,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _stream(self, job: Job, dtype: str) -> None:
         """Send status events until the job ends, then its result or error; stop if the client leaves."""
-        self.close_connection = True
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-impasto-stream")
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("Connection", "close")
-        self.end_headers()
+        self._send_head(200, {"Content-Type": "application/x-impasto-stream"})
         try:
             self._event({"event": "accepted", "job": job.id})
             last, sent_at = None, 0.0
