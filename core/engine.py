@@ -431,9 +431,7 @@ def _resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def _pad_to(pixels: np.ndarray, multiple: int) -> np.ndarray:
     h, w = pixels.shape[:2]
-    if h % multiple == 0 and w % multiple == 0:
-        return pixels
-    return np.pad(pixels, ((0, -h % multiple), (0, -w % multiple), (0, 0)), mode="reflect")
+    return _pad_to_size(pixels, h + -h % multiple, w + -w % multiple)
 
 
 def _pad_to_size(pixels: np.ndarray, h: int, w: int) -> np.ndarray:

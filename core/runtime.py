@@ -101,9 +101,8 @@ class TorchRunner:
         # channels_last lets cuDNN use its fast NHWC kernels; on CPU it gains nothing here.
         self.memory_format = torch.channels_last if device == "cuda" else torch.contiguous_format
         if device == "cuda":
-            torch.backends.cudnn.benchmark = (
-                True  # tile shapes repeat: pick the fastest kernels once
-            )
+            # Tile shapes repeat: pick the fastest kernels once.
+            torch.backends.cudnn.benchmark = True
         net = net.to(self.device, self.dtype, memory_format=self.memory_format)
         self.live, self.frozen = LiveStats(net), FrozenStats(net)
 
