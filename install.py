@@ -167,8 +167,10 @@ def core_is_ready(python: Path) -> bool:
 
 
 def dependencies_stamp() -> str:
-    """Changes when pyproject.toml (the core's dependencies) changes: pip then runs again."""
-    return hashlib.sha256((REPO / "pyproject.toml").read_bytes()).hexdigest()[:16]
+    """Changes when pyproject.toml (the core's dependencies) or the repo's folder changes: pip then
+    runs again, so the editable install never points at a moved or deleted checkout."""
+    digest = hashlib.sha256((REPO / "pyproject.toml").read_bytes() + str(REPO).encode())
+    return digest.hexdigest()[:16]
 
 
 def setup_core(venv_dir: Path, manifest: dict) -> Path:
