@@ -10,14 +10,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, ".")
+from bench.bench_engine import psnr
 from core.engine import Engine
 from core.modelfile import load_model
-
-
-def psnr(a, b):
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return 10 * np.log10(255**2 / max(mse, 1e-12))
-
 
 rng = np.random.default_rng(0)
 

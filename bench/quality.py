@@ -43,11 +43,8 @@ OUR_PHOTOS = [REPO / "docs" / "sample.jpg", REPO / "docs" / "sample-coffee.jpg"]
 
 def shipped(kind: str) -> list[tuple[torch.nn.Module, ModelInfo]]:
     """The shipped models of one kind, loaded, by name."""
-    return [load_model(p) for p in sorted(SHIPPED_DIR.glob("*.impasto")) if _kind(p) == kind]
-
-
-def _kind(path: Path) -> str:
-    return load_model(path)[1].kind
+    models = [load_model(p) for p in sorted(SHIPPED_DIR.glob("*.impasto"))]
+    return [(net, info) for net, info in models if info.kind == kind]
 
 
 def square(path: Path) -> torch.Tensor:
@@ -55,17 +52,24 @@ def square(path: Path) -> torch.Tensor:
     return center_crop(path, SIZE, resize=True).unsqueeze(0).float().div(255)
 
 
-def style_loss_for(info: ModelInfo, data: Path, cache: dict) -> tuple[StyleLoss, torch.Tensor]:
-    """The objective a style model was trained on, rebuilt from its metadata, and its painting."""
+def painting(info: ModelInfo, data: Path) -> torch.Tensor:
+    """The style image a model was trained on (found by name in DATA/styles), at its training size."""
+    s = info.training["settings"]
+    return load_style_image(data / "styles" / Path(s["style_image"]).name, s["style_size"])
+
+
+def style_loss_for(info: ModelInfo, data: Path, cache: dict) -> StyleLoss:
+    """The objective a style model was trained on, rebuilt from its metadata."""
     s = info.training["settings"]
     if s["loss_network"] not in cache:
         cache[s["loss_network"]] = load_loss_network(s["loss_network"])
-    painting = data / "styles" / Path(s["style_image"]).name
-    style = load_style_image(painting, s["style_size"])
-    loss = StyleLoss(
-        cache[s["loss_network"]], style, s["content_weight"], s["style_weight"], s["tv_weight"]
+    return StyleLoss(
+        cache[s["loss_network"]],
+        painting(info, data),
+        s["content_weight"],
+        s["style_weight"],
+        s["tv_weight"],
     )
-    return loss, style
 
 
 def compare_with_gatys(
@@ -80,7 +84,7 @@ def compare_with_gatys(
     for net, info in shipped("style"):
         # Every style gets its feed-forward objective (cheap); Gatys runs only for the chosen ones.
         run_gatys = not names or info.name in names
-        loss_fn, _ = style_loss_for(info, data, cache)
+        loss_fn = style_loss_for(info, data, cache)
         ff, ff_time, gatys = [], [], {n: ([], []) for n in iters}
         for i, path in enumerate(held_out):
             photo = square(path)
@@ -135,7 +139,7 @@ def style_pictures(data: Path, out: Path) -> None:
     held_out = sorted((data / "sr" / "eval" / "BSD100" / "HR").glob("*.png"))[:2]
     gallery = [[square(p) for p in OUR_PHOTOS]]
     for net, info in shipped("style"):
-        _, style = style_loss_for(info, data, {})
+        style = painting(info, data)
         style_square = F.interpolate(style, size=(SIZE, SIZE), mode="bilinear", antialias=True)
         sheet = []
         with torch.no_grad():
