@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from core.modelfile import SUFFIX, ModelFileError, ModelInfo, load_model, read_info
 from core.networks import SR_RECEPTIVE_RADIUS
+from core.quantize import CalibrationError
 from core.registry import find_model
 from core.runtime import (
     OpenVINORunner,
@@ -86,7 +87,8 @@ class Engine:
     """Runs style and super-resolution models on one device, one job at a time.
 
     tile_size: largest tile side in output pixels (default per device, TILE_SIZE); precision:
-    "auto" (fp16 on CUDA, bf16 on CPUs with native bf16, else fp32), "fp32", "fp16" or "bf16".
+    "auto" (fp16 on CUDA; on the CPU int8 for models calibrated for it, else bf16 where the CPU
+    has it natively, else fp32), "fp32", "fp16", "bf16" or "int8" (OpenVINO, calibrated models).
     """
 
     def __init__(
@@ -99,6 +101,7 @@ class Engine:
         self.device = _resolve_device(device)
         self.backend = _resolve_backend(backend, self.device)
         self.precision = _resolve_precision(precision, self.device, self.backend)
+        self.auto_precision = precision == "auto"
         if tile_size is not None and tile_size < MIN_TILE_SIZE:
             raise EngineError(f"tile size {tile_size} is too small: use at least {MIN_TILE_SIZE}")
         self.tile_size = tile_size or TILE_SIZE[self.device]
@@ -182,7 +185,15 @@ class Engine:
         _check_kind(info, kind)
         has_norm = bool(norm_layers(net))
         if self.backend == "openvino":
-            runner: TorchRunner | OpenVINORunner = OpenVINORunner(net, path, self.precision)
+            try:
+                runner: TorchRunner | OpenVINORunner = OpenVINORunner(
+                    net, path, self._model_precision(info), info.int8_ranges
+                )
+            except CalibrationError as e:
+                raise EngineError(
+                    f"{e} in {path.name}: redo it with `python -m trainer calibrate {info.name}`, "
+                    "or use precision fp32"
+                ) from None
         else:
             runner = TorchRunner(net, self.device, self.precision)
         self._models[path] = _Loaded(stamp, info, runner, has_norm)
@@ -190,6 +201,17 @@ class Engine:
         while len(self._models) > MODEL_CACHE_SIZE:
             self._models.popitem(last=False)
         return self._models[path]
+
+    def _model_precision(self, info: ModelInfo) -> str:
+        """The engine's precision, unless it is int8 and the model was not calibrated for it."""
+        if self.precision != "int8" or info.int8_ranges:
+            return self.precision
+        if self.auto_precision:
+            return _resolve_precision("auto", self.device, self.backend, int8=False)
+        raise EngineError(
+            f"{info.name!r} has no int8 calibration: add it with `python -m trainer calibrate "
+            f"{info.name}`, or use precision fp32"
+        )
 
     def _run(
         self,
@@ -493,13 +515,19 @@ def _resolve_backend(backend: str, device: str) -> str:
     return backend
 
 
-def _resolve_precision(precision: str, device: str, backend: str) -> str:
+def _resolve_precision(precision: str, device: str, backend: str, int8: bool = True) -> str:
     if precision == "auto":
         if device == "cuda":
             return "fp16"
-        if backend == "openvino" and openvino_has_bf16():
-            return "bf16"
+        if backend == "openvino":
+            # int8 only for calibrated models (Engine._model_precision); 2-3x fp32 with VNNI.
+            if int8:
+                return "int8"
+            if openvino_has_bf16():
+                return "bf16"
         return "fp32"
-    if precision not in ("fp32", "fp16", "bf16"):
-        raise EngineError(f"unknown precision {precision!r}: use auto, fp32, fp16 or bf16")
+    if precision not in ("fp32", "fp16", "bf16", "int8"):
+        raise EngineError(f"unknown precision {precision!r}: use auto, fp32, fp16, bf16 or int8")
+    if precision == "int8" and backend != "openvino":
+        raise EngineError("int8 runs on the openvino backend (CPU): use fp32, fp16 or bf16")
     return precision

@@ -37,6 +37,9 @@ class ModelInfo:
     description: str = ""
     training: dict[str, Any] = field(default_factory=dict)  # command, settings, final losses
     credit: str = ""  # style image: title, artist, licence
+    # (low, high) of each convolution's input on calibration photos (core.quantize.calibrate);
+    # empty: the model runs in fp32 on the CPU, not int8.
+    int8_ranges: list[list[float]] = field(default_factory=list)
     path: Path | None = None
 
     def to_dict(self) -> dict[str, Any]:

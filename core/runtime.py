@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from core.networks import InstanceNorm
+from core.quantize import quantized
 
 CACHE_ENV = "IMPASTO_CACHE_DIR"
 # Compiled shapes kept per runner and form: each holds its activation memory (~0.4 GB for a
@@ -170,17 +171,30 @@ class OpenVINORunner:
 
     The network is traced once and the result saved in the cache folder (keyed by the model file's
     content), because tracing takes seconds and compiling a shape from it a fraction of a second.
+    Precision "int8" runs the convolutions in int8 with ``int8_ranges`` (core.quantize).
     """
 
-    def __init__(self, net: nn.Module, model_path: Path, precision: str) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        model_path: Path,
+        precision: str,
+        int8_ranges: list[list[float]] | None = None,
+    ) -> None:
         # model_path only names the cache entries; weights identify them.
         import openvino as ov
 
         self.core = ov.Core()
+        # int8 comes from the fake-quantized graph; everything else in it stays fp32.
         self.precision = {"bf16": "bf16", "fp16": "f16"}.get(precision, "f32")
         self.channels = stats_channels(net)
-        self.forms = {"live": LiveStats(net), "frozen": FrozenStats(net)}
         self.name = f"{model_path.stem}-{_weights_digest(net)}"
+        if precision == "int8":
+            ranges = int8_ranges or []
+            net = quantized(net, ranges)
+            digest = hashlib.sha256(repr(ranges).encode()).hexdigest()[:8]
+            self.name += f"-int8-{digest}"
+        self.forms = {"live": LiveStats(net), "frozen": FrozenStats(net)}
         self.traced: dict[str, object] = {}
         self.compiled: OrderedDict[tuple, object] = OrderedDict()
 

@@ -730,7 +730,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--tile-size", type=int, default=None, help="tile size in pixels (default: automatic)"
     )
     parser.add_argument(
-        "--precision", default="auto", help="fp32, fp16, bf16 or auto (default: per device)"
+        "--precision", default="auto", help="fp32, fp16, bf16, int8 or auto (default: per device)"
     )
     parser.add_argument(
         "--idle-timeout",

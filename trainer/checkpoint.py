@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -13,7 +15,9 @@ from torch import nn
 
 from core.modelfile import ModelInfo, save_model
 from core.networks import build_network
+from core.quantize import calibrate
 from trainer.config import TrainConfig
+from trainer.data import DataError, calibration_images
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -81,11 +85,22 @@ def export_model(
     if net is None:
         net = build_network(config.task, **options)
         net.load_state_dict(state["net"])
-    training = {
+    info = model_info(config, options, training={
         "steps": state["step"],
         "final_losses": state.get("losses", {}),
         "seconds": round(state.get("elapsed", 0.0), 1),
         "device": state.get("device", ""),
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    return save_model(Path(output or config.output), net, model_info(config, options, training))
+    })  # fmt: skip
+    if config.task == "style":
+        try:
+            info.int8_ranges = int8_ranges(net, config.dataset)
+        except DataError as e:  # e.g. exported on another machine: the model still works
+            print(f"warning: no int8 calibration ({e}); the model runs in fp32 on CPUs",
+                  file=sys.stderr)  # fmt: skip
+    return save_model(Path(output or config.output), net, info)
+
+
+def int8_ranges(net: nn.Module, dataset: str | Path) -> list[list[float]]:
+    """Calibration for int8 CPU inference (core.quantize), measured on photos of ``dataset``."""
+    return calibrate(copy.deepcopy(net).float().cpu().eval(), calibration_images(dataset))

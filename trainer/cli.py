@@ -1,4 +1,4 @@
-"""Command line: ``python -m trainer style|sr|export`` (also under ``torchrun`` for several GPUs)."""
+"""Command line: ``python -m trainer style|sr|export|calibrate`` (also under ``torchrun`` for several GPUs)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import platformdirs
 
-from core.modelfile import SUFFIX, ModelFileError
-from core.registry import user_models_dir
-from trainer.checkpoint import CheckpointError, export_model, load_checkpoint
+from core.modelfile import SUFFIX, ModelFileError, load_model, save_model
+from core.registry import UnknownModelError, find_model, user_models_dir
+from trainer.checkpoint import CheckpointError, export_model, int8_ranges, load_checkpoint
 from trainer.config import DEFAULT_LOSS_NETWORK, TrainConfig
 from trainer.data import DataError, find_photos
 from trainer.loop import TrainingError, train
@@ -21,7 +21,14 @@ from trainer.lossnets import LOSS_NETWORKS, LossNetworkError
 
 DATA_ENV = "IMPASTO_DATA"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
-ERRORS = (DataError, LossNetworkError, CheckpointError, TrainingError, ModelFileError)
+ERRORS = (
+    DataError,
+    LossNetworkError,
+    CheckpointError,
+    TrainingError,
+    ModelFileError,
+    UnknownModelError,
+)
 
 # Paper settings (Johnson et al., 2016, section 4): 256 px crops, batch 4, Adam lr 1e-3,
 # 40k iterations for style (2 epochs of COCO); 288 px patches and 200k iterations for SR.
@@ -230,6 +237,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--output", type=Path, help="model file to write (default: the run's output)"
     )
     export.add_argument("--overwrite", action="store_true", help="replace an existing model file")
+
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="add int8 calibration to style models (2-3x faster on CPUs), e.g. ones trained "
+        "before it existed; new models get it when training ends",
+    )
+    calibrate.add_argument("models", nargs="+", help="model names or .impasto files to update")
+    calibrate.add_argument(
+        "--dataset",
+        type=Path,
+        help="photos to measure activations on, 16 of them (default: the model's training "
+        "photos if this machine has them, else $IMPASTO_DATA/sr/train)",
+    )
     return parser
 
 
@@ -315,6 +335,27 @@ def export(args: argparse.Namespace) -> int:
     return 0
 
 
+def calibrate(args: argparse.Namespace) -> int:
+    """``calibrate``: measure and store int8 activation ranges in style model files."""
+    for model in args.models:
+        path = find_model(model, "style") if not model.endswith(SUFFIX) else Path(model)
+        net, info = load_model(path)
+        if info.kind != "style":
+            raise TrainingError(f"{info.name} is not a style model: only style models run in int8")
+        trained_on = Path(info.training.get("settings", {}).get("dataset") or "-")
+        dataset = args.dataset or (
+            trained_on if trained_on.is_dir() else data_root() / "sr" / "train"
+        )
+        if args.dataset is None and not dataset.is_dir():
+            raise DataError(
+                f"no --dataset given and no photos at {dataset}: pass --dataset PHOTOS_DIR"
+            )
+        info.int8_ranges = int8_ranges(net, dataset)
+        save_model(path, net, info)
+        print(f"calibrated {info.name} ({path}) on photos of {dataset}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 done, 1 stopped early, 2 error)."""
     argv = sys.argv[1:] if argv is None else argv
@@ -322,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "export":
             return export(args)
+        if args.command == "calibrate":
+            return calibrate(args)
         result = train(config_from_args(args, argv), resume=args.resume)
     except ERRORS as e:
         print(f"error: {e}", file=sys.stderr)

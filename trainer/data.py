@@ -72,6 +72,18 @@ def load_style_image(path: str | Path, size: int) -> torch.Tensor:
     return to_tensor(image).float().div(255).unsqueeze(0)
 
 
+def calibration_images(folder: str | Path, count: int = 16, side: int = 512) -> list[torch.Tensor]:
+    """Up to ``count`` photos spread over the dataset, longer side at most ``side``, as 1x3xHxW in [0, 1]."""
+    photos, _ = find_photos(folder, 1)
+    chosen = dict.fromkeys(photos[i * len(photos) // count] for i in range(count))
+    images = []
+    for path in chosen:
+        image = open_rgb(path)
+        image.thumbnail((side, side), Image.BICUBIC)
+        images.append(to_tensor(image).float().div(255).unsqueeze(0))
+    return images
+
+
 def to_tensor(image: Image.Image) -> torch.Tensor:
     """A Pillow RGB image as a 3xHxW uint8 tensor."""
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)

@@ -10,8 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from core.modelfile import read_info
+from core.modelfile import load_model, read_info
+from core.quantize import conv_layers
+from tests.conftest import make_model
 from trainer import lossnets
 from trainer.checkpoint import load_checkpoint
 from trainer.cli import main
@@ -58,6 +61,22 @@ def test_style_command_writes_a_model_into_the_user_models_folder(
     assert "already exists: add --overwrite" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "run"), "--output", str(tmp_path / "copy.impasto")]) == 0
     assert read_info(tmp_path / "copy.impasto").training["steps"] == 4
+
+
+def test_calibrate_adds_int8_ranges_to_existing_models(tmp_path, photos, monkeypatch, capsys):
+    monkeypatch.setenv("IMPASTO_MODELS_DIR", str(tmp_path / "models"))
+    make_model(tmp_path / "models", "old", width="compact")
+    make_model(tmp_path / "models", "upscaler", kind="sr")
+    before = load_model(tmp_path / "models" / "old.impasto")[0].state_dict()
+    assert main(["calibrate", "old", "--dataset", str(photos)]) == 0
+    net, info = load_model(tmp_path / "models" / "old.impasto")
+    assert len(info.int8_ranges) == len(conv_layers(net))
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())  # weights kept
+    assert "calibrated old" in capsys.readouterr().out
+    assert main(["calibrate", "upscaler", "--dataset", str(photos)]) == 2
+    assert "not a style model" in capsys.readouterr().err
+    assert main(["calibrate", "nope", "--dataset", str(photos)]) == 2
+    assert "unknown style 'nope'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

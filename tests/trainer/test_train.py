@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from core.modelfile import load_model
+from core.quantize import conv_layers
 from core.registry import list_models
 from tests.trainer.conftest import tiny_config
 from trainer.checkpoint import export_model, load_checkpoint
@@ -40,6 +41,8 @@ def test_style_training_lowers_the_loss_and_writes_a_listed_model(
         painting
     )
     assert info.training["final_losses"]["total"] == pytest.approx(total[-1])
+    # Calibrated for int8 CPU inference on the training photos.
+    assert len(info.int8_ranges) == len(conv_layers(net)) and info.int8_ranges[0] == [0.0, 1.0]
     listed = {m.name: m for m in list_models("style")}
     assert listed["tiny_run"].display_name == "Stripes"
     run = Path(config.run_dir)

@@ -1,0 +1,103 @@
+"""Eight-bit CPU inference: calibrated activation ranges, and the network OpenVINO runs in int8.
+
+Every convolution gets fake-quantized inputs (uint8, one range per layer, measured on photos) and
+weights (int8, one scale per output channel); OpenVINO turns that pattern into int8 convolutions,
+2-3x faster than fp32 on CPUs with VNNI. Instance norm, ReLU and the residual sums stay fp32.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+
+class CalibrationError(ValueError):
+    """Activation ranges that do not fit the network."""
+
+
+def conv_layers(net: nn.Module) -> list[nn.Conv2d]:
+    """The network's convolutions in a fixed order (the order of the stored ranges)."""
+    return [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+
+
+def calibrate(net: nn.Module, images: Iterable[torch.Tensor]) -> list[list[float]]:
+    """(low, high) of each convolution's input over (1, 3, H, W) images in [0, 1].
+
+    A layer's range is the mean over images of each image's own minimum and maximum: rare
+    extremes are clipped rather than coarsening every other value.
+    """
+    convs = conv_layers(net)
+    lows: list[list[float]] = [[] for _ in convs]
+    highs: list[list[float]] = [[] for _ in convs]
+
+    def record(i: int):
+        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
+            lows[i].append(float(inputs[0].min()))
+            highs[i].append(float(inputs[0].max()))
+
+        return hook
+
+    hooks = [conv.register_forward_pre_hook(record(i)) for i, conv in enumerate(convs)]
+    try:
+        with torch.no_grad():
+            for image in images:
+                net(image)
+    finally:
+        for h in hooks:
+            h.remove()
+    if not lows[0]:
+        raise CalibrationError("no calibration images")
+    ranges = [
+        [min(0.0, sum(lo) / len(lo)), max(sum(hi) / len(hi), 1e-3)]
+        for lo, hi in zip(lows, highs, strict=True)
+    ]
+    # The input layer sees the image itself: [0, 1] in 255 steps is exact for 8-bit images.
+    ranges[0] = [0.0, 1.0]
+    return ranges
+
+
+class QuantizedConv(nn.Module):
+    """A convolution with uint8 fake-quantized input and per-channel int8 fake-quantized weights."""
+
+    def __init__(self, conv: nn.Conv2d, low: float, high: float) -> None:
+        super().__init__()
+        self.conv = conv
+        self.scale = (high - low) / 255
+        self.zero_point = round(-low / self.scale)
+        weight_scale = conv.weight.detach().abs().amax(dim=(1, 2, 3)).clamp_min(1e-8) / 127
+        self.register_buffer("weight_scale", weight_scale)
+        self.register_buffer("weight_zero", torch.zeros(weight_scale.numel(), dtype=torch.int32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero_point, 0, 255)
+        w = torch.fake_quantize_per_channel_affine(
+            self.conv.weight, self.weight_scale, self.weight_zero, 0, -128, 127
+        )
+        c = self.conv
+        return nn.functional.conv2d(x, w, c.bias, c.stride, c.padding, c.dilation, c.groups)
+
+
+def quantized(net: nn.Module, ranges: list[list[float]]) -> nn.Module:
+    """A copy of ``net`` whose convolutions are fake-quantized with ``ranges`` (from calibrate)."""
+    net = copy.deepcopy(net)
+    if len(ranges) != len(conv_layers(net)):
+        raise CalibrationError(
+            f"the model's int8 calibration has {len(ranges)} ranges for "
+            f"{len(conv_layers(net))} convolutions"
+        )
+    if not all(len(r) == 2 and -1e6 < r[0] < r[1] < 1e6 for r in ranges):
+        raise CalibrationError("the model's int8 calibration has an invalid range")
+    found = dict(zip(conv_layers(net), ranges, strict=True))
+
+    def swap(module: nn.Module) -> None:
+        for name, child in module.named_children():
+            if isinstance(child, nn.Conv2d):
+                setattr(module, name, QuantizedConv(child, *found[child]))
+            else:
+                swap(child)
+
+    swap(net)
+    return net
