@@ -2,7 +2,8 @@
 
 The baseline is what pytorch/examples' fast_neural_style eval does: the whole image through the
 network at once, fp32. Each case runs in its own subprocess so its peak memory (peak RSS, and
-peak GPU memory on CUDA) is its own. Weights are random: speed does not depend on them.
+peak GPU memory on CUDA) is its own. The shipped Starry Night model of the width is used: its
+int8 calibration lets the engine's default CPU precision be int8 (--precision fp32 compares fp32).
 
     .venv/bin/python bench/bench_engine.py                       # full width, 0.25/1/4/16 MP
     .venv/bin/python bench/bench_engine.py --width compact --sizes 1,4
@@ -47,6 +48,9 @@ def test_image(megapixels: float):
     return np.stack(channels, axis=-1)
 
 
+SHIPPED = {"full": "starry-night-full", "compact": "starry-night"}
+
+
 def write_model(folder: Path, width: str) -> Path:
     """A style model with random weights (instance-norm affine too), as the trainer writes one."""
     import torch
@@ -86,7 +90,7 @@ def child(args: argparse.Namespace) -> None:
     if args.child == "engine":
         from core.engine import Engine
 
-        engine = Engine(device=args.device, backend=args.backend)
+        engine = Engine(device=args.device, backend=args.backend, precision=args.precision)
         # Warm up on a smaller image that also tiles: traces and compiles, as a server has done.
         engine.stylize(model_path, test_image(min(args.megapixels, 1.5)))
         label = f"{engine.device}/{engine.backend}/{engine.precision}"
@@ -132,6 +136,7 @@ def child(args: argparse.Namespace) -> None:
 def run_case(args, method: str, megapixels: float, model_path: Path, save: Path | None) -> dict:
     command = [sys.executable, __file__, "--child", method, "--megapixels", str(megapixels)]
     command += ["--model-path", str(model_path), "--device", args.device, "--backend", args.backend]
+    command += ["--precision", args.precision]
     if save is not None:
         command += ["--save", str(save)]
     env = dict(os.environ)
@@ -167,6 +172,10 @@ def main() -> int:
     parser.add_argument("--width", choices=["full", "compact"], default="full")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     parser.add_argument("--backend", default="auto", help="engine backend: auto, openvino, torch")
+    parser.add_argument("--precision", default="auto", help="engine precision (default auto)")
+    parser.add_argument(
+        "--random-weights", action="store_true", help="a random model instead of the shipped one"
+    )
     parser.add_argument(
         "--baseline-memory-gb",
         type=float,
@@ -185,9 +194,13 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("IMPASTO_CACHE_DIR", str(Path(tmp) / "cache"))
-        model_path = write_model(Path(tmp), args.width)
+        if args.random_weights:
+            model_path = write_model(Path(tmp), args.width)
+        else:
+            model_path = REPO / "weights" / f"{SHIPPED[args.width]}.impasto"
         print(
-            f"# bench_engine: width={args.width} device={args.device} cpus={os.cpu_count()} "
+            f"# bench_engine: width={args.width} model={model_path.stem} device={args.device} "
+            f"precision={args.precision} cpus={os.cpu_count()} "
             f"load average {os.getloadavg()[0]:.1f}"
         )
         header = (

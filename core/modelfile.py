@@ -62,16 +62,27 @@ def save_model(path: str | Path, net: nn.Module, info: ModelInfo, half: bool = T
         "meta": info.to_dict(),
         "state_dict": state,
     }
+    write_atomically(blob, path)
+    return path
+
+
+def write_atomically(obj: Any, path: Path) -> None:
+    """torch.save ``obj`` to ``path`` via a synced temporary file: a crash or full disk leaves
+    the previous file intact; a failed write raises OSError."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     os.close(fd)
     try:
-        torch.save(blob, tmp)
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as e:  # torch reports a full disk as a failed zip write
+            raise OSError(f"writing {path.name} failed, is the disk full? ({e})") from None
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    return path
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import copy
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -13,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.modelfile import ModelInfo, save_model
+from core.modelfile import ModelInfo, save_model, write_atomically
 from core.networks import build_network
 from core.quantize import calibrate
 from trainer.config import TrainConfig
@@ -28,17 +26,7 @@ class CheckpointError(Exception):
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Write ``state`` atomically: a crash or full disk leaves the previous checkpoint intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomically(state, path)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

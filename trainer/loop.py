@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import sys
@@ -228,12 +229,29 @@ def _train(config, resume, stop, on_step, device, cluster) -> TrainResult:
             "device": str(device),
         }
 
+    saved_step = step if state is not None else None
+
     def write_checkpoint() -> None:
+        nonlocal saved_step
+        save_checkpoint(checkpoint_path, checkpoint_state())
+        saved_step = step
+
+    @contextlib.contextmanager
+    def writing_run_files():
+        """A full disk (or any failed write) stops the run with what to do; nothing is lost
+        but the steps since the last checkpoint, which the atomic writes keep intact."""
         try:
-            save_checkpoint(checkpoint_path, checkpoint_state())
-        except OSError as e:  # e.g. disk full: keep training, the previous checkpoint survives
-            print(f"warning: could not write the checkpoint ({e}); keeping the previous one",
-                  file=sys.stderr)  # fmt: skip
+            yield
+        except OSError as e:
+            kept = (
+                f"the checkpoint of step {saved_step} is intact"
+                if saved_step is not None
+                else "no checkpoint was written yet"
+            )
+            raise TrainingError(
+                f"could not write to {run_dir} at step {step} ({e}); {kept}: free disk space, "
+                "then run the same command plus --resume"
+            ) from None
 
     def write_preview() -> None:
         with torch.no_grad(), torch.autocast(**autocast):
@@ -268,21 +286,31 @@ def _train(config, resume, stop, on_step, device, cluster) -> TrainResult:
                     "without --amp; the checkpoint before this point is kept"
                 )
             print(progress.line(step, losses), flush=True)
-            log.append(step, losses, progress.rate)
-            draw_loss_curve(log.read(), run_dir / "loss.png")
+            with writing_run_files():
+                log.append(step, losses, progress.rate)
+                draw_loss_curve(log.read(), run_dir / "loss.png")
         if main and (step % config.checkpoint_every == 0 or step == config.steps or stopping):
-            write_checkpoint()
+            with writing_run_files():
+                write_checkpoint()
         if (
             main
             and config.preview_every
             and (step % config.preview_every == 0 or step == config.steps)
         ):
-            write_preview()
+            with writing_run_files():
+                write_preview()
     cluster.barrier()
 
     model_path = None
     if main and step >= config.steps:
-        model_path = export_model(checkpoint_state(), net=net)
+        try:
+            model_path = export_model(checkpoint_state(), net=net)
+        except OSError as e:
+            raise TrainingError(
+                f"training finished but the model file could not be written ({e}); the final "
+                f"checkpoint is in {run_dir}: free disk space, then "
+                f"`python -m trainer export {run_dir}`"
+            ) from None
         print(f"model written: {model_path}", flush=True)
     elif main:
         print(

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import os
+import shutil
+import subprocess
 import threading
 from pathlib import Path
 
@@ -101,3 +104,45 @@ def test_sr_training_writes_an_x4_model(tmp_path, photos, loss):
     net, info = load_model(result.model_path)
     assert info.kind == "sr" and info.training["settings"]["sr_loss"] == loss
     assert net(torch.rand(1, 3, 8, 10)).shape == (1, 3, 32, 40)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    """A real 32 MB file system (tmpfs; needs root, as CI has), to fill up."""
+    mountpoint = tmp_path / "disk"
+    mountpoint.mkdir()
+    command = ["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(mountpoint)]
+    if os.geteuid() != 0 or not shutil.which("mount") or subprocess.run(command).returncode:
+        pytest.skip("mounting a small file system needs root")
+    yield mountpoint
+    # Lazy: torch's failed writer may still hold its (deleted) temporary file open.
+    subprocess.run(["umount", "--lazy", str(mountpoint)], check=True)
+
+
+def fill(folder: Path) -> None:
+    with open(folder / "filler", "wb") as f:
+        try:
+            while True:
+                f.write(bytes(1 << 16))
+                f.flush()
+        except OSError:
+            pass
+
+
+def test_a_full_disk_stops_training_and_keeps_the_last_checkpoint(
+    tmp_path, photos, painting, small_disk
+):
+    run_dir = small_disk / "run"
+    config = tiny_config(tmp_path, photos, painting, run_dir=str(run_dir), checkpoint_every=2)
+    with pytest.raises(TrainingError) as stopped:
+        train(config, on_step=lambda step: step == 3 and fill(small_disk))
+    message = str(stopped.value)
+    assert f"could not write to {run_dir} at step " in message  # 3 (log) or 4 (checkpoint)
+    assert (
+        "the checkpoint of step 2 is intact: free disk space" in message and "--resume" in message
+    )
+    assert load_checkpoint(run_dir)["step"] == 2
+    assert not [p for p in run_dir.iterdir() if p.name.endswith(".tmp")]  # no partial files left
+    (small_disk / "filler").unlink()
+    resumed = train(config, resume=True)
+    assert resumed.finished and resumed.step == 6
