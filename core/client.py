@@ -143,7 +143,7 @@ class Client:
         """Ask a running server to exit (cancelling its jobs); nothing happens if none runs."""
         info = read_connection()
         if info is not None and probe(info, self.timeout):
-            self._call(info, "POST", "/shutdown")
+            self._ask_to_exit(info)
         self._info = None
 
     # -- finding and starting the server ----------------------------------------------------------
@@ -161,7 +161,7 @@ class Client:
                     f"the running Impasto server speaks protocol {health.get('protocol')}, this "
                     f"plug-in needs {PROTOCOL}: stop that server (pid {info.pid}) and try again"
                 )
-            self._call(info, "POST", "/shutdown")
+            self._ask_to_exit(info)
             self._wait_for_exit(info.pid)
             health = None
         if info and health:
@@ -221,6 +221,18 @@ class Client:
         raise ImpastoError(
             f"the Impasto server did not start within {self.timeout:g} s; its log is {log}"
         )
+
+    def _ask_to_exit(self, info: ConnectionInfo) -> None:
+        """POST /shutdown; a server that drops the connection as it exits did what was asked."""
+        try:
+            self._call(info, "POST", "/shutdown")
+        except _GONE:
+            pass
+        except OSError as e:  # a timeout, or a server that is stuck
+            raise ImpastoError(
+                f"could not stop the Impasto server (pid {info.pid}): {e}; stop that process "
+                "and try again"
+            ) from None
 
     def _wait_for_exit(self, pid: int) -> None:
         deadline = time.monotonic() + self.timeout

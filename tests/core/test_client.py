@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.client import Cancelled, Client, ImpastoError
+from core.client import PROTOCOL, Cancelled, Client, ImpastoError
 from core.connection import pid_alive, read_connection
 from tests.conftest import make_model
 from tests.core.test_server import (
@@ -216,6 +216,37 @@ def test_stale_connection_file_is_replaced(home: Path) -> None:
     (home / "config" / "server.json").write_text(json.dumps(stale))
     health = Client(server_args=SERVE_OPTIONS).health()
     assert health["pid"] != dead.pid and read_connection().pid == health["pid"]
+
+
+OLD_SERVER = """
+import http.server, json, os, sys
+class Old(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # an Impasto of another protocol version
+        body = json.dumps({"status": "ok", "server": "impasto", "protocol": 0, "pid": os.getpid()})
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(body.encode())
+    def do_POST(self):  # /shutdown: exits at once, dropping the connection unanswered
+        os._exit(0)
+server = http.server.HTTPServer(("127.0.0.1", 0), Old)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
+
+
+@pytest.mark.slow
+def test_a_server_of_another_protocol_is_stopped_and_replaced(home: Path) -> None:
+    old = subprocess.Popen([sys.executable, "-c", OLD_SERVER], stdout=subprocess.PIPE, text=True)
+    port = int(old.stdout.readline())
+    threading.Thread(target=old.wait, daemon=True).start()  # reaped as it exits, as a non-child is
+    (home / "config").mkdir()
+    info = {"host": "127.0.0.1", "port": port, "token": "t", "pid": old.pid, "protocol": 0}
+    (home / "config" / "server.json").write_text(json.dumps(info))
+    with pytest.raises(ImpastoError, match="speaks protocol 0.*stop that server"):
+        Client(autostart=False).health()
+    health = Client(server_args=SERVE_OPTIONS).health()  # stops it (no answer), starts ours
+    assert old.wait(timeout=10) == 0
+    assert health["protocol"] == PROTOCOL and read_connection().pid == health["pid"] != old.pid
 
 
 def test_a_server_that_cannot_start_says_why(home: Path) -> None:
