@@ -116,13 +116,17 @@ def publish_connection(info: ConnectionInfo) -> bool:
 
 
 def withdraw_connection(pid: int) -> None:
-    """Remove the connection file if it belongs to the server with this pid."""
-    info = read_connection()
-    if info is None or info.pid == pid:
-        try:
-            connection_path().unlink()
-        except FileNotFoundError:
-            pass
+    """Remove the connection file if it belongs to the server with this pid (or is unreadable)."""
+    path = connection_path()
+    try:
+        with open(path, "rb") as f:
+            inode = os.fstat(f.fileno()).st_ino
+        info = read_connection()
+        # Another server may have replaced the file since: only remove the one that was read.
+        if (info is None or info.pid == pid) and os.stat(path).st_ino == inode:
+            path.unlink()
+    except FileNotFoundError:
+        pass
 
 
 def pid_alive(pid: int) -> bool:
