@@ -9,6 +9,7 @@ whose area fits one tile runs whole with its own statistics, exactly as the netw
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import threading
@@ -296,13 +297,22 @@ def _run_tiled(
         done += 1
         report(done, total)
     out = np.zeros((ph * scale, pw * scale, 3), np.float32)
-    for y0, wy in zip(starts_y, weights_y, strict=True):
-        for x0, wx in zip(starts_x, weights_x, strict=True):
+    tiles = [
+        (y0, wy, x0, wx)
+        for y0, wy in zip(starts_y, weights_y, strict=True)
+        for x0, wx in zip(starts_x, weights_x, strict=True)
+    ]
+
+    def pieces():
+        for y0, _, x0, _ in tiles:
             _check(cancel)
             # Only tiles on the bottom or right edge need padding: no padded copy of the image.
-            piece = _pad_to_size(rgb[y0 : y0 + tile_h, x0 : x0 + tile_w], tile_h, tile_w)
-            piece = _nchw(piece)
-            result = _hwc(runner.run_frozen(piece, stats, cancel))
+            yield _nchw(_pad_to_size(rgb[y0 : y0 + tile_h, x0 : x0 + tile_w], tile_h, tile_w))
+
+    # The runner may work on the next tiles while this one is blended in; closing it stops them.
+    with contextlib.closing(runner.run_frozen_all(pieces(), stats, cancel)) as results:
+        for (y0, wy, x0, wx), output in zip(tiles, results, strict=True):
+            result = _hwc(output)
             result *= wy[:, None, None]
             result *= wx[None, :, None]
             out[y0 * scale : (y0 + tile_h) * scale, x0 * scale : (x0 + tile_w) * scale] += result

@@ -316,6 +316,26 @@ def test_openvino_works_when_its_cache_cannot_be_written(models_dir, tmp_path, m
     assert np.abs(result.astype(int) - expected).max() <= 1
 
 
+@needs_openvino
+def test_openvino_tiles_in_flight_are_stopped_by_a_cancel(models_dir):
+    engine = Engine(device="cpu", backend="openvino", precision="fp32", tile_size=160)
+    image = textured(300, 400)  # 9 tiles, two running at once
+    expected = engine.stylize("tiny", image)
+    cancel = threading.Event()
+    seen = []
+
+    def cancel_after_first_tile(done, total):
+        seen.append(done)
+        if done == 2:
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        engine.stylize("tiny", image, progress=cancel_after_first_tile, cancel=cancel)
+    assert seen == [0, 1, 2]
+    # The requests that were in flight were stopped and collected: the next job is exact.
+    np.testing.assert_array_equal(engine.stylize("tiny", image), expected)
+
+
 def test_out_of_memory_retries_with_smaller_tiles(models_dir, monkeypatch):
     engine = Engine(device="cpu", backend="torch", tile_size=512)
     image = textured(300, 400)
