@@ -4,12 +4,11 @@ Images larger than one tile are processed in overlapping tiles of bounded size w
 blended with linear ramps, so memory stays bounded (a 50-megapixel image works on a laptop).
 Style networks normalise every tile with statistics measured once on a thumbnail of the whole
 image (Thumbnail Instance Normalization, Chen et al., AAAI 2022), so tiles show no seams; an image
-no larger than WHOLE_SIZE squared runs whole with its own statistics, exactly as the network was trained.
+whose area fits one tile runs whole with its own statistics, exactly as the network was trained.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import threading
@@ -36,12 +35,8 @@ from core.runtime import (
 )
 
 # Tile side in output pixels per device; its square bounds the area (and activation memory) of
-# one network run. CPUs run two tiles at once (runtime.TILE_STREAMS): 768 keeps a 16 MP image
-# under 1.5 GB (two 1024 tiles: 1.84 GB), and still ran 1.2x faster than one 1024 tile at a time.
-TILE_SIZE = {"cpu": 768, "mps": 1024, "cuda": 2048}
-# Largest image side (as an area) that runs whole, untiled, with its own statistics, exactly as
-# the network was trained: one 1024x1024 run needs no more memory than two 768 tiles at once.
-WHOLE_SIZE = {"cpu": 1024, "mps": 1024, "cuda": 2048}
+# one network run.
+TILE_SIZE = {"cpu": 1024, "mps": 1024, "cuda": 2048}
 MIN_TILE_SIZE = 128  # out-of-memory retries halve the tile down to this
 THUMBNAIL_SIDE = 768  # longest side of the thumbnail whose statistics every tile uses
 # Tile edges inside the image: ``margin`` input pixels are dropped (their context is cut off),
@@ -110,7 +105,6 @@ class Engine:
         if tile_size is not None and tile_size < MIN_TILE_SIZE:
             raise EngineError(f"tile size {tile_size} is too small: use at least {MIN_TILE_SIZE}")
         self.tile_size = tile_size or TILE_SIZE[self.device]
-        self.whole_size = tile_size or WHOLE_SIZE[self.device]
         self._lock = threading.Lock()
         self._models: OrderedDict[Path, _Loaded] = OrderedDict()
 
@@ -228,10 +222,10 @@ class Engine:
         scale: int = 1,
     ) -> np.ndarray:
         """The network's output for an HxWx3 float image, tiled; smaller tiles when memory runs out."""
-        tile, whole = self.tile_size, self.whole_size
+        tile = self.tile_size
         while True:
             try:
-                return _run_tiled(loaded, rgb, tile, whole, scale, progress, cancel)
+                return _run_tiled(loaded, rgb, tile, scale, progress, cancel)
             except RuntimeCancelled:
                 raise Cancelled("cancelled") from None
             except (RuntimeError, MemoryError) as e:
@@ -244,7 +238,7 @@ class Engine:
                         "not enough memory to process this image even in small tiles: close other "
                         "programs, or use a smaller image"
                     ) from None
-                tile, whole = tile // 2, whole // 2
+                tile //= 2
 
 
 def _check_kind(info: ModelInfo, kind: str) -> None:
@@ -257,7 +251,6 @@ def _run_tiled(
     loaded: _Loaded,
     rgb: np.ndarray,
     tile: int,
-    whole: int,
     scale: int,
     progress: Progress | None,
     cancel: threading.Event | None,
@@ -269,15 +262,14 @@ def _run_tiled(
     else:
         margin, blend, align = SR_MARGIN, SR_BLEND, 1
         in_tile = max(tile // scale, SR_MIN_INPUT_TILE)
-        whole = max(whole // scale, SR_MIN_INPUT_TILE)
     in_tile -= in_tile % align
     # The style network halves the size twice: pad like it does, to a multiple of 4.
     ph, pw = h + -h % align, w + -w % align
     no_stats = np.zeros((2, 0), np.float32)
     report = progress or (lambda done, total: None)
 
-    # Memory follows the area, not the sides: an image no larger than whole x whole runs whole.
-    if ph * pw <= whole * whole:
+    # Memory follows the area, not the sides: an image no larger than one tile runs whole.
+    if ph * pw <= in_tile * in_tile:
         report(0, 1)
         _check(cancel)
         whole = _nchw(_pad_to(rgb, align))
@@ -304,22 +296,13 @@ def _run_tiled(
         done += 1
         report(done, total)
     out = np.zeros((ph * scale, pw * scale, 3), np.float32)
-    tiles = [
-        (y0, wy, x0, wx)
-        for y0, wy in zip(starts_y, weights_y, strict=True)
-        for x0, wx in zip(starts_x, weights_x, strict=True)
-    ]
-
-    def pieces():
-        for y0, _, x0, _ in tiles:
+    for y0, wy in zip(starts_y, weights_y, strict=True):
+        for x0, wx in zip(starts_x, weights_x, strict=True):
             _check(cancel)
             # Only tiles on the bottom or right edge need padding: no padded copy of the image.
-            yield _nchw(_pad_to_size(rgb[y0 : y0 + tile_h, x0 : x0 + tile_w], tile_h, tile_w))
-
-    # The runner may work on the next tiles while this one is blended in; closing it stops them.
-    with contextlib.closing(runner.run_frozen_all(pieces(), stats, cancel)) as results:
-        for (y0, wy, x0, wx), output in zip(tiles, results, strict=True):
-            result = _hwc(output)
+            piece = _pad_to_size(rgb[y0 : y0 + tile_h, x0 : x0 + tile_w], tile_h, tile_w)
+            piece = _nchw(piece)
+            result = _hwc(runner.run_frozen(piece, stats, cancel))
             result *= wy[:, None, None]
             result *= wx[None, :, None]
             out[y0 * scale : (y0 + tile_h) * scale, x0 * scale : (x0 + tile_w) * scale] += result

@@ -16,8 +16,7 @@ import hashlib
 import os
 import threading
 import warnings
-from collections import OrderedDict, deque
-from collections.abc import Iterable, Iterator
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -31,9 +30,6 @@ CACHE_ENV = "IMPASTO_CACHE_DIR"
 # Compiled shapes kept per runner and form: each holds its activation memory (~0.4 GB for a
 # 1024x1024 tile). All tiles of an image share one shape, and compiling another takes ~0.3 s.
 COMPILED_CACHE_SIZE = 1
-# Tiles in flight at once on the CPU, each on its share of the cores: 2 streams ran 1.4x faster
-# than one request on both cores of a 2-core machine (per-layer thread sync costs less).
-TILE_STREAMS = min(2, os.cpu_count() or 1)
 
 
 class RuntimeCancelled(Exception):
@@ -133,13 +129,6 @@ class TorchRunner:
         with torch.inference_mode():
             s = torch.from_numpy(stats).to(self.device, torch.float32)
             return self.frozen(self._input(x), s).float().cpu().numpy()
-
-    def run_frozen_all(
-        self, inputs: Iterable[np.ndarray], stats: np.ndarray, cancel: threading.Event | None
-    ) -> Iterator[np.ndarray]:
-        """Outputs of same-shaped inputs, in order (one at a time)."""
-        for x in inputs:
-            yield self.run_frozen(x, stats, cancel)
 
 
 def _weights_digest(net: nn.Module) -> str:
@@ -244,9 +233,8 @@ class OpenVINORunner:
                     leftover.unlink()
         return model
 
-    def _requests(self, form: str, shape: tuple[int, ...], streams: int = 1) -> list:
-        """Infer requests of the compiled (form, shape): one on all cores, or one per stream."""
-        key = (form, shape, streams)
+    def _request(self, form: str, shape: tuple[int, ...]):
+        key = (form, shape)
         if key in self.compiled:
             self.compiled.move_to_end(key)
             return self.compiled[key]
@@ -255,31 +243,31 @@ class OpenVINORunner:
         if form == "frozen" and self.channels:
             shapes[1] = [2, self.channels]
         model.reshape(shapes)
-        config = {"INFERENCE_PRECISION_HINT": self.precision, "PERFORMANCE_HINT": "LATENCY"}
-        if streams > 1:
-            config.update(PERFORMANCE_HINT="THROUGHPUT", NUM_STREAMS=str(streams))
-        compiled = self.core.compile_model(model, "CPU", config)
-        requests = [compiled.create_infer_request() for _ in range(streams)]
-        self.compiled[key] = requests
+        compiled = self.core.compile_model(
+            model,
+            "CPU",
+            {"INFERENCE_PRECISION_HINT": self.precision, "PERFORMANCE_HINT": "LATENCY"},
+        )
+        request = compiled.create_infer_request()
+        self.compiled[key] = request
         same_form = [k for k in self.compiled if k[0] == form]
         for old in same_form[: max(0, len(same_form) - COMPILED_CACHE_SIZE)]:
             del self.compiled[old]
-        return requests
+        return request
 
-    @staticmethod
-    def _outputs(request, cancel: threading.Event | None) -> list[np.ndarray]:
-        """Wait for a started request and copy its outputs; a cancel stops it inside the run."""
+    def _infer(self, form: str, inputs: list[np.ndarray], cancel: threading.Event | None):
+        request = self._request(form, inputs[0].shape)
+        request.start_async(inputs)
         # Poll so a cancel stops the job inside a tile, not only between tiles.
         while not request.wait_for(100):
             if cancel is not None and cancel.is_set():
-                _stop(request)
+                request.cancel()
+                try:
+                    request.wait()  # collect the cancellation, or the request fails every later run
+                except RuntimeError:
+                    pass  # "Infer Request was canceled"
                 raise RuntimeCancelled
         return [request.get_output_tensor(i).data.copy() for i in range(len(request.model_outputs))]
-
-    def _infer(self, form: str, inputs: list[np.ndarray], cancel: threading.Event | None):
-        request = self._requests(form, inputs[0].shape)[0]
-        request.start_async(inputs)
-        return self._outputs(request, cancel)
 
     def run_live(
         self, x: np.ndarray, cancel: threading.Event | None
@@ -297,36 +285,7 @@ class OpenVINORunner:
         self, x: np.ndarray, stats: np.ndarray, cancel: threading.Event | None
     ) -> np.ndarray:
         """Output of a (1, 3, H, W) float32 input with the given packed statistics."""
-        return self._infer("frozen", self._frozen_inputs(x, stats), cancel)[0]
-
-    def run_frozen_all(
-        self, inputs: Iterable[np.ndarray], stats: np.ndarray, cancel: threading.Event | None
-    ) -> Iterator[np.ndarray]:
-        """Outputs of same-shaped inputs, in order; TILE_STREAMS of them run at once."""
-        pending: deque = deque()
-        try:
-            for i, x in enumerate(inputs):
-                requests = self._requests("frozen", x.shape, TILE_STREAMS)
-                if len(pending) == len(requests):  # the oldest is the request to reuse next
-                    yield self._outputs(pending.popleft(), cancel)[0]
-                request = requests[i % len(requests)]
-                request.start_async(self._frozen_inputs(x, stats))  # copies the inputs
-                pending.append(request)
-            while pending:
-                yield self._outputs(pending.popleft(), cancel)[0]
-        finally:
-            for request in pending:  # abandoned by a cancel or an error: stop before any reuse
-                _stop(request)
-
-    def _frozen_inputs(self, x: np.ndarray, stats: np.ndarray) -> list[np.ndarray]:
         inputs = [np.ascontiguousarray(x)]
         if self.channels:
             inputs.append(np.ascontiguousarray(stats, dtype=np.float32))
-        return inputs
-
-
-def _stop(request) -> None:
-    """Cancel an OpenVINO request and collect the cancellation (else it fails every later run)."""
-    request.cancel()
-    with contextlib.suppress(RuntimeError):  # "Infer Request was canceled"
-        request.wait()
+        return self._infer("frozen", inputs, cancel)[0]
