@@ -351,7 +351,10 @@ def calibrate(args: argparse.Namespace) -> int:
                 f"no --dataset given and no photos at {dataset}: pass --dataset PHOTOS_DIR"
             )
         info.int8_ranges = int8_ranges(net, dataset)
-        save_model(path, net, info)
+        try:
+            save_model(path, net, info)
+        except OSError as e:
+            raise TrainingError(f"could not update {path} ({e}): is the folder writable?") from None
         print(f"calibrated {info.name} ({path}) on photos of {dataset}")
     return 0
 
