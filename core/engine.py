@@ -88,7 +88,8 @@ class Engine:
 
     tile_size: largest tile side in output pixels (default per device, TILE_SIZE); precision:
     "auto" (fp16 on CUDA; on the CPU int8 for models calibrated for it, else bf16 where the CPU
-    has it natively, else fp32), "fp32", "fp16", "bf16" or "int8" (OpenVINO, calibrated models).
+    has it natively, else fp32), "fp32", "fp16", "bf16" or "int8" (OpenVINO; style models need a
+    calibration, upscalers run as auto would without int8).
     """
 
     def __init__(
@@ -206,7 +207,7 @@ class Engine:
         """The engine's precision, unless it is int8 and the model was not calibrated for it."""
         if self.precision != "int8" or info.int8_ranges:
             return self.precision
-        if self.auto_precision:
+        if self.auto_precision or info.kind == "sr":  # upscalers are never calibrated: fp32
             return _resolve_precision("auto", self.device, self.backend, int8=False)
         raise EngineError(
             f"{info.name!r} has no int8 calibration: add it with `python -m trainer calibrate "

@@ -62,8 +62,10 @@ def test_uncalibrated_and_upscaling_models_stay_fp32(models_dir):
     engine = Engine(device="cpu")
     assert "-int8-" not in engine._load("tiny", "style").runner.name
     assert "-int8-" not in engine._load("sr-faithful", "sr").runner.name
+    explicit = Engine(device="cpu", precision="int8")
     with pytest.raises(EngineError, match="no int8 calibration.*trainer calibrate tiny"):
-        Engine(device="cpu", precision="int8").stylize("tiny", np.zeros((32, 32, 3), np.uint8))
+        explicit.stylize("tiny", np.zeros((32, 32, 3), np.uint8))
+    assert "-int8-" not in explicit._load("sr-faithful", "sr").runner.name  # upscales in fp32
     with pytest.raises(EngineError, match="int8 runs on the openvino backend"):
         Engine(device="cpu", backend="torch", precision="int8")
 
