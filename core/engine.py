@@ -31,7 +31,7 @@ from core.runtime import (
     TorchRunner,
     norm_layers,
     openvino_available,
-    openvino_has_bf16,
+    openvino_supports,
 )
 
 # Tile side in output pixels per device; its square bounds the area (and activation memory) of
@@ -522,9 +522,9 @@ def _resolve_precision(precision: str, device: str, backend: str, int8: bool = T
             return "fp16"
         if backend == "openvino":
             # int8 only for calibrated models (Engine._model_precision); 2-3x fp32 with VNNI.
-            if int8:
+            if int8 and openvino_supports("INT8"):
                 return "int8"
-            if openvino_has_bf16():
+            if openvino_supports("BF16"):
                 return "bf16"
         return "fp32"
     if precision not in ("fp32", "fp16", "bf16", "int8"):

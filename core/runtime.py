@@ -159,11 +159,15 @@ def openvino_available() -> bool:
     return True
 
 
-def openvino_has_bf16() -> bool:
-    """Whether this CPU runs bf16 natively (AMX or AVX-512 BF16); without it bf16 is emulated, slower."""
+def openvino_supports(capability: str) -> bool:
+    """Whether OpenVINO runs ``capability`` ("BF16", "INT8") natively on this CPU.
+
+    Without BF16 (AMX or AVX-512 BF16) bf16 is emulated, slower than fp32; INT8 needs VNNI or
+    similar instructions to gain.
+    """
     import openvino as ov
 
-    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return capability in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 class OpenVINORunner:

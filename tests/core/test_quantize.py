@@ -14,7 +14,7 @@ from core.modelfile import load_model, read_info, save_model
 from core.networks import build_network
 from core.quantize import CalibrationError, calibrate, conv_layers, quantized
 from core.registry import SHIPPED_DIR
-from core.runtime import openvino_available
+from core.runtime import openvino_available, openvino_supports
 
 pytestmark = pytest.mark.skipif(not openvino_available(), reason="int8 runs on OpenVINO")
 SAMPLE = Path(__file__).resolve().parents[2] / "docs" / "sample.jpg"
@@ -38,6 +38,9 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(10 * np.log10(255**2 / mse))
 
 
+@pytest.mark.skipif(
+    not openvino_available() or not openvino_supports("INT8"), reason="no int8 on this CPU"
+)
 @pytest.mark.parametrize("model", ["starry-night", "starry-night-full"])
 def test_shipped_style_models_run_in_int8_within_a_few_levels_of_fp32(model):
     info = read_info(SHIPPED_DIR / f"{model}.impasto")
