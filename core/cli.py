@@ -518,16 +518,23 @@ def cmd_styles(args: argparse.Namespace) -> int:
     if not models:
         print("No models installed.")
     else:
-        rows = [("NAME", "DISPLAY NAME", "KIND", "WIDTH", "DESCRIPTION")]
+        rows = [("NAME", "DISPLAY NAME", "KIND", "WIDTH", "INT8", "DESCRIPTION")]
         for m in models:
-            width = m.options.get("width", "full") if m.kind == "style" else "-"
-            rows.append((m.name, m.display_name or m.name, m.kind, str(width), m.description))
-        sizes = [max(len(row[i]) for row in rows) for i in range(4)]
+            style = m.kind == "style"
+            width = m.options.get("width", "full") if style else "-"
+            int8 = ("yes" if m.int8_ranges else "no") if style else "-"
+            rows.append((m.name, m.display_name or m.name, m.kind, str(width), int8, m.description))
+        sizes = [max(len(row[i]) for row in rows) for i in range(5)]
         for row in rows:
             print(
-                "  ".join(cell.ljust(size) for cell, size in zip(row[:4], sizes, strict=True))
+                "  ".join(cell.ljust(size) for cell, size in zip(row[:5], sizes, strict=True))
                 + "  "
-                + row[4]
+                + row[5]
+            )
+        if any(m.kind == "style" and not m.int8_ranges for m in models):
+            print(
+                "\nINT8 no: runs in fp32 on CPUs, ~2x slower; `python -m trainer calibrate NAME` "
+                "adds the calibration."
             )
     print(f"\nYour own models go in {user_models_dir()} (the trainer saves them there).")
     return EXIT_OK

@@ -368,9 +368,12 @@ def test_styles_lists_name_display_name_kind_and_width(models_dir, capsys):
     code, out, _ = cli(capsys, "styles")
     rows = [line.split() for line in out.splitlines()]
     assert code == 0
-    assert ["tiny", "Tiny", "style", "compact"] in rows
-    assert ["wide", "Wide", "style", "full"] in rows
-    assert ["sr", "Sr", "sr", "-"] in rows
+    assert ["tiny", "Tiny", "style", "compact", "no"] in rows  # not calibrated for int8
+    assert ["wide", "Wide", "style", "full", "no"] in rows
+    assert ["sr", "Sr", "sr", "-", "-"] in rows
+    shipped = next(r for r in rows if r and r[0] == "starry-night")
+    assert shipped[:6] == ["starry-night", "Starry", "Night", "style", "compact", "yes"]
+    assert "python -m trainer calibrate NAME" in out
     code, out, _ = cli(capsys, "styles", "--kind", "sr")
     assert "tiny" not in out and "sr" in out
 
