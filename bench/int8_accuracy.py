@@ -52,7 +52,11 @@ def main() -> int:
     images = photos([int(f) for f in args.big.split(",") if f])
     int8, fp32 = Engine(device="cpu"), Engine(device="cpu", precision="fp32")
     print(f"# int8 ({int8.backend}) against fp32: PSNR dB / mean absolute difference in levels")
-    print("| style | " + " | ".join(f"{n} ({a.shape[1]}x{a.shape[0]})" for n, a in images.items()) + " |")
+    print(
+        "| style | "
+        + " | ".join(f"{n} ({a.shape[1]}x{a.shape[0]})" for n, a in images.items())
+        + " |"
+    )
     print("|---|" + "---|" * len(images))
     for style in styles:
         cells = []
