@@ -18,13 +18,9 @@ from PIL import Image
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench.bench_engine import psnr  # noqa: E402
 from core.engine import Engine  # noqa: E402
 from core.registry import list_models  # noqa: E402
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float(10 * np.log10(255**2 / max(mse, 1e-12)))
 
 
 def photos(big: list[int]) -> dict[str, np.ndarray]:
