@@ -79,7 +79,15 @@ def connection_path() -> Path:
 def read_connection() -> ConnectionInfo | None:
     """The published connection, or None if there is no readable connection file."""
     try:
-        data = json.loads(connection_path().read_text(encoding="utf-8"))
+        return _parse_connection(connection_path().read_bytes())
+    except OSError:
+        return None
+
+
+def _parse_connection(text: bytes) -> ConnectionInfo | None:
+    """A connection file's content, or None if it is not one."""
+    try:
+        data = json.loads(text)
         return ConnectionInfo(
             host=str(data["host"]),
             port=int(data["port"]),
@@ -87,7 +95,7 @@ def read_connection() -> ConnectionInfo | None:
             pid=int(data["pid"]),
             protocol=int(data.get("protocol", 0)),
         )
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):
         return None
 
 
@@ -121,7 +129,7 @@ def withdraw_connection(pid: int) -> None:
     try:
         with open(path, "rb") as f:
             inode = os.fstat(f.fileno()).st_ino
-        info = read_connection()
+            info = _parse_connection(f.read())
         # Another server may have replaced the file since: only remove the one that was read.
         if (info is None or info.pid == pid) and os.stat(path).st_ino == inode:
             path.unlink()
