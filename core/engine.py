@@ -10,7 +10,6 @@ whose area fits one tile runs whole with its own statistics, exactly as the netw
 from __future__ import annotations
 
 import math
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -21,10 +20,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from core.modelfile import SUFFIX, ModelFileError, ModelInfo, load_model, read_info
+from core.modelfile import ModelFileError, ModelInfo, load_model, read_info
 from core.networks import SR_RECEPTIVE_RADIUS
 from core.quantize import CalibrationError
-from core.registry import find_model
+from core.registry import model_path
 from core.runtime import (
     OpenVINORunner,
     RuntimeCancelled,
@@ -372,14 +371,10 @@ def _blend_weights(
 
 
 def _model_path(model: str | Path, kind: str | None) -> Path:
-    """A path if ``model`` is one (a Path, ends with the suffix or has a separator), else by name."""
-    text = str(model)
-    if isinstance(model, Path) or text.endswith(SUFFIX) or "/" in text or os.sep in text:
-        path = Path(model).expanduser()
-        if not path.is_file():
-            raise EngineError(f"model file not found: {path}")
-        return path.resolve()
-    return find_model(text, kind).resolve()
+    try:
+        return model_path(model, kind)
+    except ModelFileError as e:  # a missing file; an unknown name stays UnknownModelError
+        raise EngineError(str(e)) from None
 
 
 def _check_options(options: StyleOptions) -> None:

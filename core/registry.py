@@ -56,3 +56,14 @@ def find_model(name: str, kind: str | None = None) -> Path:
     known = ", ".join(m.name for m in list_models(kind)) or "none installed"
     what = {"style": "style", "sr": "upscaling model"}.get(kind or "", "model")
     raise UnknownModelError(f"unknown {what} {name!r}; known: {known}")
+
+
+def model_path(model: str | Path, kind: str | None = None) -> Path:
+    """A path if ``model`` is one (a Path, ends with the suffix or has a separator), else by name."""
+    text = str(model)
+    if isinstance(model, Path) or text.endswith(SUFFIX) or "/" in text or os.sep in text:
+        path = Path(model).expanduser()
+        if not path.is_file():
+            raise ModelFileError(f"model file not found: {path}")
+        return path.resolve()
+    return find_model(text, kind).resolve()

@@ -12,7 +12,7 @@ from pathlib import Path
 import platformdirs
 
 from core.modelfile import SUFFIX, ModelFileError, load_model, save_model
-from core.registry import UnknownModelError, find_model, user_models_dir
+from core.registry import UnknownModelError, model_path, user_models_dir
 from trainer.checkpoint import CheckpointError, export_model, int8_ranges, load_checkpoint
 from trainer.config import DEFAULT_LOSS_NETWORK, TrainConfig
 from trainer.data import DataError, find_photos
@@ -338,7 +338,7 @@ def export(args: argparse.Namespace) -> int:
 def calibrate(args: argparse.Namespace) -> int:
     """``calibrate``: measure and store int8 activation ranges in style model files."""
     for model in args.models:
-        path = find_model(model, "style") if not model.endswith(SUFFIX) else Path(model)
+        path = model_path(model, "style")
         net, info = load_model(path)
         if info.kind != "style":
             raise TrainingError(f"{info.name} is not a style model: only style models run in int8")
