@@ -44,6 +44,19 @@ def data_root() -> Path:
     return Path(env) if env else Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
 
+def dataset_from(option: Path | None) -> Path:
+    """The --dataset folder, else the shared training photos; a clear error if neither is there."""
+    if option is not None:
+        return option
+    dataset = data_root() / "sr" / "train"
+    if not dataset.is_dir():
+        raise DataError(
+            f"no --dataset given and no shared data at {dataset}: pass --dataset PHOTOS_DIR "
+            f"or set {DATA_ENV}"
+        )
+    return dataset
+
+
 def default_workers() -> int:
     """Photo-decoding processes: none on small machines, where they would compete with training."""
     cores = os.cpu_count() or 1
@@ -257,12 +270,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
     """Check the arguments and turn them into a training config."""
     if not NAME_PATTERN.fullmatch(args.name):
         raise TrainingError(f"invalid --name {args.name!r}: use letters, digits, '_', '.' and '-'")
-    dataset = args.dataset or data_root() / "sr" / "train"
-    if args.dataset is None and not dataset.is_dir():
-        raise DataError(
-            f"no --dataset given and no shared data at {dataset}: pass --dataset PHOTOS_DIR "
-            f"or set {DATA_ENV}"
-        )
+    dataset = dataset_from(args.dataset)
     if args.command == "sr" and args.image_size % args.scale:
         raise TrainingError(f"--image-size must be a multiple of {args.scale} for x{args.scale}")
     for option in ("image_size", "batch_size", "checkpoint_every", "log_every"):
@@ -343,13 +351,7 @@ def calibrate(args: argparse.Namespace) -> int:
         if info.kind != "style":
             raise TrainingError(f"{info.name} is not a style model: only style models run in int8")
         trained_on = Path(info.training.get("settings", {}).get("dataset") or "-")
-        dataset = args.dataset or (
-            trained_on if trained_on.is_dir() else data_root() / "sr" / "train"
-        )
-        if args.dataset is None and not dataset.is_dir():
-            raise DataError(
-                f"no --dataset given and no photos at {dataset}: pass --dataset PHOTOS_DIR"
-            )
+        dataset = args.dataset or (trained_on if trained_on.is_dir() else dataset_from(None))
         info.int8_ranges = int8_ranges(net, dataset)
         try:
             save_model(path, net, info)
