@@ -32,6 +32,10 @@ CACHE_ENV = "IMPASTO_CACHE_DIR"
 COMPILED_CACHE_SIZE = 1
 
 
+# Part of every cache key: raise it when the traced graph changes for the same weights.
+GRAPH_VERSION = 2
+
+
 class RuntimeCancelled(Exception):
     """The cancel event was set while a network was running."""
 
@@ -133,7 +137,7 @@ class TorchRunner:
 
 def _weights_digest(net: nn.Module) -> str:
     """A key for the network's architecture and weights (model files of equal weights differ)."""
-    digest = hashlib.sha256(type(net).__name__.encode())
+    digest = hashlib.sha256(f"{type(net).__name__} {GRAPH_VERSION}".encode())
     for name, value in sorted(net.state_dict().items()):
         digest.update(f"{name}{tuple(value.shape)}".encode())
         digest.update(value.detach().cpu().float().numpy().tobytes())
@@ -192,12 +196,12 @@ class OpenVINORunner:
         # int8 comes from the fake-quantized graph; everything else in it stays fp32.
         self.precision = {"bf16": "bf16", "fp16": "f16"}.get(precision, "f32")
         self.channels = stats_channels(net)
-        self.name = f"{model_path.stem}-{_weights_digest(net)}"
+        suffix = ""
         if precision == "int8":
             ranges = int8_ranges or []
             net = quantized(net, ranges)
-            digest = hashlib.sha256(repr(ranges).encode()).hexdigest()[:8]
-            self.name += f"-int8-{digest}"
+            suffix = f"-int8-{hashlib.sha256(repr(ranges).encode()).hexdigest()[:8]}"
+        self.name = f"{model_path.stem}-{_weights_digest(net)}{suffix}"
         self.forms = {"live": LiveStats(net), "frozen": FrozenStats(net)}
         self.traced: dict[str, object] = {}
         self.compiled: OrderedDict[tuple, object] = OrderedDict()
