@@ -74,64 +74,28 @@ class InputQuantizer(nn.Module):
 
 
 class QuantizedConv(nn.Module):
-    """A convolution with per-channel int8 fake-quantized weights (its input is quantized before).
+    """A convolution with per-channel int8 fake-quantized weights (its input is quantized before)."""
 
-    ``phases`` > 1 runs a stride-1 convolution with few output channels as a stride-``phases``
-    one with ``phases**2`` times the channels, then depth-to-space: the same products, but
-    int8 kernels are several times faster with many output channels than with 3.
-    """
-
-    def __init__(self, conv: nn.Conv2d, phases: int = 1) -> None:
+    def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
+        self.conv = conv
         scale = conv.weight.detach().abs().amax(dim=(1, 2, 3)).clamp_min(1e-8) / 127
-        zero = torch.zeros(scale.numel(), dtype=torch.int32)
-        weight = torch.fake_quantize_per_channel_affine(
-            conv.weight.detach(), scale, zero, 0, -128, 127
-        )
-        bias = conv.bias.detach() if conv.bias is not None else torch.zeros(scale.numel())
-        if phases > 1:
-            weight = _phase_weight(weight, phases)
-            scale, bias = scale.repeat_interleave(phases**2), bias.repeat_interleave(phases**2)
-        self.register_buffer("weight", weight)
-        self.register_buffer("bias", bias)
         self.register_buffer("weight_scale", scale)
         self.register_buffer("weight_zero", torch.zeros(scale.numel(), dtype=torch.int32))
-        self.stride, self.padding, self.phases = conv.stride, conv.padding, phases
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = torch.fake_quantize_per_channel_affine(
-            self.weight, self.weight_scale, self.weight_zero, 0, -128, 127
+            self.conv.weight, self.weight_scale, self.weight_zero, 0, -128, 127
         )
-        if self.phases == 1:
-            return nn.functional.conv2d(x, w, self.bias, self.stride, self.padding)
-        r, reach = self.phases, w.shape[-1] - self.phases  # reach: the original kernel size - 1
-        h, wd = x.shape[-2] - reach, x.shape[-1] - reach  # output size of the original convolution
-        x = nn.functional.pad(x, (0, -wd % r, 0, -h % r))  # these zeros only meet zero weights
-        y = nn.functional.pixel_shuffle(nn.functional.conv2d(x, w, self.bias, stride=r), r)
-        return y[..., :h, :wd]
-
-
-def _phase_weight(weight: torch.Tensor, phases: int) -> torch.Tensor:
-    """(out, in, k, k) stride-1 kernel -> (out * phases**2, in, k + phases - 1, ...) strided one."""
-    out, cin, k, _ = weight.shape
-    big = weight.new_zeros(out, phases, phases, cin, k + phases - 1, k + phases - 1)
-    for a in range(phases):
-        for b in range(phases):
-            # Output pixel (a, b) of each phases x phases block sees the kernel shifted by (a, b).
-            big[:, a, b, :, a : a + k, b : b + k] = weight
-    return big.reshape(out * phases**2, cin, k + phases - 1, k + phases - 1)
-
-
-# Stride-1 convolutions with fewer output channels than this run in phases (QuantizedConv).
-FEW_CHANNELS = 16
-PHASES = 4
+        c = self.conv
+        return nn.functional.conv2d(x, w, c.bias, c.stride, c.padding, c.dilation, c.groups)
 
 
 def quantized(net: nn.Module, ranges: list[list[float]]) -> nn.Module:
     """A copy of ``net`` whose convolutions are fake-quantized with ``ranges`` (from calibrate).
 
     Each layer's input is quantized where the layer starts, before its padding and upsampling:
-    those then move bytes instead of floats (same values, as they only copy pixels).
+    those then move bytes instead of floats (the same values: they only copy pixels).
     """
     net = copy.deepcopy(net)
     convs = conv_layers(net)
@@ -143,18 +107,20 @@ def quantized(net: nn.Module, ranges: list[list[float]]) -> nn.Module:
         raise CalibrationError("the model's int8 calibration has an invalid range")
     found = dict(zip(convs, ranges, strict=True))
 
-    def rebuilt(layer: nn.Sequential) -> nn.Sequential:
-        # ConvLayer (pad, conv) or UpsampleConvLayer (upsample, ConvLayer): one conv, first-in-line.
-        *copying, conv = [m for m in layer.modules() if not list(m.children())]
-        phases = PHASES if conv.stride == (1, 1) and conv.out_channels < FEW_CHANNELS else 1
-        return nn.Sequential(InputQuantizer(*found[conv]), *copying, QuantizedConv(conv, phases))
+    def quantize_weights(module: nn.Module) -> None:
+        for name, child in module.named_children():
+            if isinstance(child, nn.Conv2d):
+                setattr(module, name, QuantizedConv(child))
+            else:
+                quantize_weights(child)
 
     def swap(module: nn.Module) -> None:
         for name, child in module.named_children():
-            if isinstance(child, (ConvLayer, UpsampleConvLayer)):
-                setattr(module, name, rebuilt(child))
-            elif isinstance(child, nn.Conv2d):
-                raise CalibrationError(f"convolution {name!r} is not in a ConvLayer")
+            if isinstance(child, (ConvLayer, UpsampleConvLayer, nn.Conv2d)):
+                (conv,) = conv_layers(child)
+                layer = nn.Sequential(InputQuantizer(*found[conv]), child)
+                quantize_weights(layer)
+                setattr(module, name, layer)
             else:
                 swap(child)
 

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from core.networks import InstanceNorm
+from core.phased import phased
 from core.quantize import quantized
 
 CACHE_ENV = "IMPASTO_CACHE_DIR"
@@ -33,7 +34,7 @@ COMPILED_CACHE_SIZE = 1
 
 
 # Part of every cache key: raise it when the traced graph changes for the same weights.
-GRAPH_VERSION = 2
+GRAPH_VERSION = 3
 
 
 class RuntimeCancelled(Exception):
@@ -196,6 +197,7 @@ class OpenVINORunner:
         # int8 comes from the fake-quantized graph; everything else in it stays fp32.
         self.precision = {"bf16": "bf16", "fp16": "f16"}.get(precision, "f32")
         self.channels = stats_channels(net)
+        net = phased(net)
         suffix = ""
         if precision == "int8":
             ranges = int8_ranges or []
