@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from core.modelfile import ModelFileError, ModelInfo, load_model, read_info
-from core.networks import SR_RECEPTIVE_RADIUS
+from core.networks import SR_RECEPTIVE_RADIUS, STYLE_WIDTHS, StyleNet
 from core.quantize import CalibrationError
 from core.registry import model_path
 from core.runtime import (
@@ -80,6 +80,7 @@ class _Loaded:
     info: ModelInfo
     runner: TorchRunner | OpenVINORunner
     has_norm: bool
+    tile_size: int
 
 
 class Engine:
@@ -105,6 +106,7 @@ class Engine:
         if tile_size is not None and tile_size < MIN_TILE_SIZE:
             raise EngineError(f"tile size {tile_size} is too small: use at least {MIN_TILE_SIZE}")
         self.tile_size = tile_size or TILE_SIZE[self.device]
+        self.tile_size_given = tile_size is not None
         self._lock = threading.Lock()
         self._models: OrderedDict[Path, _Loaded] = OrderedDict()
 
@@ -196,11 +198,19 @@ class Engine:
                 ) from None
         else:
             runner = TorchRunner(net, self.device, self.precision)
-        self._models[path] = _Loaded(stamp, info, runner, has_norm)
+        self._models[path] = _Loaded(stamp, info, runner, has_norm, self._tile_size_for(net))
         self._models.move_to_end(path)
         while len(self._models) > MODEL_CACHE_SIZE:
             self._models.popitem(last=False)
         return self._models[path]
+
+    def _tile_size_for(self, net: torch.nn.Module) -> int:
+        """The tile side for ``net``: narrower style networks get the same memory in larger tiles."""
+        if self.tile_size_given or not isinstance(net, StyleNet):
+            return self.tile_size
+        # Activation memory per pixel follows the width: the compact network's is half the full's.
+        area = self.tile_size**2 * STYLE_WIDTHS["full"] / STYLE_WIDTHS[net.width]
+        return int(math.sqrt(area)) // 64 * 64
 
     def _model_precision(self, info: ModelInfo) -> str:
         """The engine's precision, unless it is int8 and the model was not calibrated for it."""
@@ -222,7 +232,7 @@ class Engine:
         scale: int = 1,
     ) -> np.ndarray:
         """The network's output for an HxWx3 float image, tiled; smaller tiles when memory runs out."""
-        tile = self.tile_size
+        tile = loaded.tile_size
         while True:
             try:
                 return _run_tiled(loaded, rgb, tile, scale, progress, cancel)
@@ -337,8 +347,8 @@ def _plan_axis(length: int, tile: int, overlap: int, align: int) -> tuple[int, l
         return length, [0]
     reach = overlap + align  # starts are rounded down to ``align``: keep that much slack
     count = math.ceil((length - reach) / (tile - reach))
-    # Round tile lengths up to a multiple of 64 so few distinct shapes are ever compiled.
-    size = min(tile, 64 * math.ceil((math.ceil((length - reach) / count) + reach) / 64))
+    # Round tile lengths up to a multiple of 32 so few distinct shapes are ever compiled.
+    size = min(tile, 32 * math.ceil((math.ceil((length - reach) / count) + reach) / 32))
     size -= size % align
     count = math.ceil((length - size) / (size - reach)) + 1
     step = (length - size) / (count - 1)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from core import engine as engine_module
-from core.engine import Cancelled, Engine, EngineError, StyleOptions
+from core.engine import TILE_SIZE, Cancelled, Engine, EngineError, StyleOptions
 from core.modelfile import load_model
 from core.registry import UnknownModelError
 from core.runtime import FrozenStats, LiveStats, RuntimeCancelled, openvino_available
@@ -364,6 +364,15 @@ def test_out_of_memory_retries_with_smaller_tiles(models_dir, monkeypatch):
     monkeypatch.setattr(engine_module, "MIN_TILE_SIZE", 512)
     with pytest.raises(EngineError, match="not enough memory"):
         engine.stylize("tiny", image)
+
+
+def test_compact_models_get_larger_tiles_for_the_same_memory(models_dir):
+    engine = Engine(device="cpu", backend="torch")
+    # Half the channels, twice the tile area: the memory of one tile stays that of the full width.
+    assert engine._load("wide", "style").tile_size == TILE_SIZE["cpu"]
+    assert engine._load("tiny", "style").tile_size == 1408
+    assert engine._load("sr", "sr").tile_size == TILE_SIZE["cpu"]
+    assert Engine(device="cpu", tile_size=600)._load("tiny", "style").tile_size == 600  # as asked
 
 
 def test_jobs_from_two_threads_run_one_at_a_time(models_dir, torch_engine):
