@@ -91,8 +91,9 @@ def child(args: argparse.Namespace) -> None:
         from core.engine import Engine
 
         engine = Engine(device=args.device, backend=args.backend, precision=args.precision)
-        # Warm up on a smaller image that also tiles: traces and compiles, as a server has done.
-        engine.stylize(model_path, test_image(min(args.megapixels, 1.5)))
+        # Warm up on a smaller image that also tiles (2.5 MP is over one tile of either width):
+        # traces both forms, as a server has done. The timed image's shapes still compile.
+        engine.stylize(model_path, test_image(min(args.megapixels, 2.5)))
         label = f"{engine.device}/{engine.backend}/{engine.precision}"
         if cuda:
             torch.cuda.reset_peak_memory_stats()

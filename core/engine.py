@@ -284,7 +284,7 @@ def _run_tiled(
         _check(cancel)
         whole = _nchw(_pad_to(rgb, align))
         if loaded.has_norm:
-            out, _ = runner.run_live(whole, cancel)
+            out = runner.run_whole(whole, cancel)
         else:
             out = runner.run_frozen(whole, no_stats, cancel)
         _check(cancel)
@@ -336,8 +336,8 @@ def _thumbnail_stats(
     factor = min(1.0, side / max(h, w))
     factor = min(1.0, max(factor, 2 * MIN_SIDE / min(h, w)))  # very long images keep some height
     thumbnail = _resize(rgb, (round(h * factor), round(w * factor))) if factor < 1 else rgb
-    _, stats = runner.run_live(_nchw(_pad_to(thumbnail, 4)), cancel)
-    runner.release_live()  # recompiling next time (~0.3 s) beats holding its memory during tiles
+    stats = runner.run_stats(_nchw(_pad_to(thumbnail, 4)), cancel)
+    runner.release_stats()  # recompiling next time (~0.3 s) beats holding its memory during tiles
     return stats
 
 

@@ -155,7 +155,7 @@ def stylize_whole_with_stats(path, image: np.ndarray, stats_from: np.ndarray) ->
     """The network on the whole image with instance-norm statistics of ``stats_from``."""
     net, _ = load_model(path)
     with torch.no_grad():
-        _, stats = LiveStats(net)(torch.from_numpy(stats_from).permute(2, 0, 1)[None])
+        stats = LiveStats(net)(torch.from_numpy(stats_from).permute(2, 0, 1)[None])
         out = FrozenStats(net)(torch.from_numpy(image).permute(2, 0, 1)[None], stats)
     return np.clip(out[0].permute(1, 2, 0).numpy(), 0, 1)
 
@@ -341,7 +341,7 @@ def test_out_of_memory_retries_with_smaller_tiles(models_dir, monkeypatch):
     image = textured(300, 400)
     expected = Engine(device="cpu", backend="torch", tile_size=256).stylize("tiny", image)
     runner = engine._load("tiny", "style").runner
-    run_frozen, run_live = runner.run_frozen, runner.run_live
+    run_frozen, run_whole = runner.run_frozen, runner.run_whole
     tried = []
 
     def limited(run):
@@ -357,7 +357,7 @@ def test_out_of_memory_retries_with_smaller_tiles(models_dir, monkeypatch):
         return run_limited
 
     monkeypatch.setattr(runner, "run_frozen", limited(run_frozen))
-    monkeypatch.setattr(runner, "run_live", limited(run_live))
+    monkeypatch.setattr(runner, "run_whole", limited(run_whole))
     result = engine.stylize("tiny", image)
     assert tried[0] == 400 and max(tried[1:]) <= 256
     assert np.abs(result - expected).max() < 1e-5
