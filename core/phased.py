@@ -1,9 +1,9 @@
-"""Convolutions with few output channels, rewritten as strided ones with many: same products, faster.
+"""Convolutions with few output channels, computed as strided ones with many: same sums, faster.
 
-A stride-1 convolution with 3 output channels (the networks' last layer) keeps CPU kernels busy
-with padding: their vector registers hold 16 channels. Run in ``phases`` x ``phases`` blocks, it is
-a stride-``phases`` convolution with ``phases**2`` times the output channels followed by
-depth-to-space; OpenVINO runs that ~3x faster in fp32 and int8 (bench/results/engine.md).
+A stride-1 convolution with 3 output channels (the networks' last layer) leaves CPU kernels mostly
+idle: their vector registers hold 16 channels. Computed in ``PHASES`` x ``PHASES`` blocks, it is a
+stride-``PHASES`` convolution with ``PHASES**2`` times the output channels, then depth-to-space:
+~3x faster in OpenVINO (fp32 and int8) and for PyTorch training on the CPU (bench/results/).
 """
 
 from __future__ import annotations
@@ -19,46 +19,59 @@ FEW_CHANNELS = 16
 PHASES = 4
 
 
-class PhasedConv(nn.Module):
-    """A stride-1, unpadded convolution computed as a stride-``phases`` one, then depth-to-space."""
+def phase_weight(weight: torch.Tensor, phases: int) -> torch.Tensor:
+    """(out, in, k, k) kernel -> (out * phases**2, in, k + phases - 1, ...) kernel of the strided form.
 
-    def __init__(self, conv: nn.Conv2d, phases: int = PHASES) -> None:
-        super().__init__()
-        out, cin, k, _ = conv.weight.shape
-        self.phases, self.reach = phases, k - 1
-        self.conv = nn.Conv2d(cin, out * phases**2, k + phases - 1, stride=phases)
-        weight = conv.weight.detach().new_zeros(self.conv.weight.shape)
-        blocks = weight.view(out, phases, phases, cin, k + phases - 1, k + phases - 1)
-        for a in range(phases):
-            for b in range(phases):
-                # Output pixel (a, b) of each block sees the kernel shifted by (a, b).
-                blocks[:, a, b, :, a : a + k, b : b + k] = conv.weight.detach()
-        bias = conv.bias.detach() if conv.bias is not None else torch.zeros(out)
-        self.conv.weight.data.copy_(weight)
-        self.conv.bias.data.copy_(bias.repeat_interleave(phases**2))
+    Output pixel (a, b) of each block sees the kernel shifted by (a, b); channel order is
+    pixel_shuffle's (out, a, b). Differentiable, so training can use it.
+    """
+    out, cin, k, _ = weight.shape
+    r = phases
+    shifted = [F.pad(weight, (b, r - 1 - b, a, r - 1 - a)) for a in range(r) for b in range(r)]
+    return torch.stack(shifted, dim=1).reshape(out * r * r, cin, k + r - 1, k + r - 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        r = self.phases
-        h, w = x.shape[-2] - self.reach, x.shape[-1] - self.reach  # the original output size
+
+class PhasedConv2d(nn.Conv2d):
+    """An unpadded stride-1 nn.Conv2d computed in phases; same parameters and state-dict keys."""
+
+    def _conv_forward(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        return self.strided(x, phase_weight(weight, PHASES), bias)
+
+    def strided(
+        self, x: torch.Tensor, strided_weight: torch.Tensor, bias: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The convolution from its strided form's weight (phase_weight) and its own bias."""
+        r, reach = PHASES, self.kernel_size[0] - 1
+        h, w = x.shape[-2] - reach, x.shape[-1] - reach  # the plain convolution's output size
         x = F.pad(x, (0, -w % r, 0, -h % r))  # these zeros only meet zero weights
-        return F.pixel_shuffle(self.conv(x), r)[..., :h, :w]
+        bias = bias.repeat_interleave(r * r) if bias is not None else None
+        y = F.conv2d(x, strided_weight, bias, stride=r)
+        return F.pixel_shuffle(y, r)[..., :h, :w]
 
 
-def phased(net: nn.Module) -> nn.Module:
-    """A copy of ``net`` whose stride-1 convolutions with few output channels run in phases."""
-    net = copy.deepcopy(net)
+def phased(net: nn.Module, inplace: bool = False) -> nn.Module:
+    """``net`` (a copy unless ``inplace``) whose stride-1 convolutions with few outputs run in phases.
+
+    The parameters stay the same tensors: an optimizer made before or after sees the same ones.
+    """
+    net = net if inplace else copy.deepcopy(net)
 
     def swap(module: nn.Module) -> None:
         for name, child in module.named_children():
             if (
-                isinstance(child, nn.Conv2d)
+                type(child) is nn.Conv2d
                 and child.out_channels < FEW_CHANNELS
                 and child.stride == (1, 1)
                 and child.padding == (0, 0)
                 and child.dilation == (1, 1)
                 and child.groups == 1
             ):
-                setattr(module, name, PhasedConv(child))
+                kernel = child.kernel_size
+                fast = PhasedConv2d(child.in_channels, child.out_channels, kernel, device="meta")
+                fast.weight, fast.bias = child.weight, child.bias
+                setattr(module, name, fast)
             else:
                 swap(child)
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from core.networks import ConvLayer, UpsampleConvLayer
+from core.phased import PHASES, PhasedConv2d, phase_weight
 
 
 class CalibrationError(ValueError):
@@ -74,21 +75,29 @@ class InputQuantizer(nn.Module):
 
 
 class QuantizedConv(nn.Module):
-    """A convolution with per-channel int8 fake-quantized weights (its input is quantized before)."""
+    """A convolution with per-channel int8 fake-quantized weights (its input is quantized before).
+
+    A PhasedConv2d's strided weight is what gets quantized, so OpenVINO sees int8 weights feeding
+    the convolution it runs; the values are those of the quantized original weight, rearranged.
+    """
 
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
         self.conv = conv
         scale = conv.weight.detach().abs().amax(dim=(1, 2, 3)).clamp_min(1e-8) / 127
+        if isinstance(conv, PhasedConv2d):
+            scale = scale.repeat_interleave(PHASES**2)  # one output channel per phase
         self.register_buffer("weight_scale", scale)
         self.register_buffer("weight_zero", torch.zeros(scale.numel(), dtype=torch.int32))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = torch.fake_quantize_per_channel_affine(
-            self.conv.weight, self.weight_scale, self.weight_zero, 0, -128, 127
-        )
         c = self.conv
-        return nn.functional.conv2d(x, w, c.bias, c.stride, c.padding, c.dilation, c.groups)
+        phased = isinstance(c, PhasedConv2d)
+        weight = phase_weight(c.weight, PHASES) if phased else c.weight
+        w = torch.fake_quantize_per_channel_affine(
+            weight, self.weight_scale, self.weight_zero, 0, -128, 127
+        )
+        return c.strided(x, w, c.bias) if phased else c._conv_forward(x, w, c.bias)
 
 
 def quantized(net: nn.Module, ranges: list[list[float]]) -> nn.Module:

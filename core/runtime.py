@@ -38,7 +38,7 @@ COMPILED_CACHE_SIZE = 1
 
 
 # Part of every cache key: raise it when the traced graph changes for the same weights.
-GRAPH_VERSION = 4
+GRAPH_VERSION = 5
 
 
 class RuntimeCancelled(Exception):
