@@ -3,8 +3,9 @@
 The baseline is written the way pytorch/examples' fast_neural_style trains: fp32, default memory
 layout, loss-network features of the input computed with autograd. The trainer's step
 (trainer.loop.training_step with StyleLoss) computes content targets under no_grad and only up to
-the content layer, folds MobileNetV2's batch norms, uses channels_last on GPUs, and optionally
-bf16 autocast / torch.compile. Both run in this process, on the
+the content layer, folds MobileNetV2's batch norms, runs the loss network in channels_last and
+(on CPUs) the 3-channel output layer in phases (trainer.loop.for_training), and optionally bf16
+autocast / torch.compile. Both run in this process, on the
 same random batch, alternating, so machine load affects them alike.
 
     .venv/bin/python bench/bench_trainer.py [--sizes 256 128] [--steps 4] [--threads N] [--compile]
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from core.networks import StyleNet  # noqa: E402
-from trainer.loop import cpu_has_bf16, memory_format_for, training_step  # noqa: E402
+from trainer.loop import cpu_has_bf16, for_training, memory_format_for, training_step  # noqa: E402
 from trainer.losses import StyleLoss, gram_matrix  # noqa: E402
 from trainer.lossnets import LOSS_NETWORKS, LossNetwork, load_loss_network  # noqa: E402
 
@@ -46,12 +47,12 @@ def plain_step(net, lossnet, optimizer, x, style_grams, spec) -> None:
     optimizer.step()
 
 
-def lossnet_for(name: str, fold: bool = True) -> LossNetwork:
+def lossnet_for(name: str, fast: bool = True) -> LossNetwork:
     """MobileNetV2 with its real weights; VGG-16 with random weights (speed is the same)."""
     if name == "mobilenet_v2":
-        return load_loss_network(name, fold=fold)
+        return load_loss_network(name, fast=fast)
     torch.manual_seed(0)
-    return LossNetwork(LOSS_NETWORKS[name])
+    return LossNetwork(LOSS_NETWORKS[name], fast=fast)
 
 
 def variants(name: str, size: int, use_compile: bool):
@@ -62,7 +63,7 @@ def variants(name: str, size: int, use_compile: bool):
 
     def baseline():
         torch.manual_seed(0)
-        net, lossnet = StyleNet(), lossnet_for(name, fold=False)  # torchvision's layers
+        net, lossnet = StyleNet(), lossnet_for(name, fast=False)  # torchvision's layers
         optimizer = torch.optim.Adam(net.parameters(), 1e-3)
         with torch.no_grad():
             feats = lossnet(style)
@@ -72,8 +73,8 @@ def variants(name: str, size: int, use_compile: bool):
     def trainer(amp: bool, compiled: bool):
         torch.manual_seed(0)
         layout = memory_format_for(x.device)
-        net = StyleNet().to(memory_format=layout)
-        loss = StyleLoss(lossnet_for(name), style, 1e5, 1e10, 0.0).to(memory_format=layout)
+        net = for_training(StyleNet(), x.device)
+        loss = StyleLoss(lossnet_for(name), style, 1e5, 1e10, 0.0)
         optimizer = torch.optim.Adam(net.parameters(), 1e-3)
         model, loss_fn = (torch.compile(net), torch.compile(loss)) if compiled else (net, loss)
         xc = x.contiguous(memory_format=layout)

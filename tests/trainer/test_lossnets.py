@@ -78,7 +78,8 @@ def test_mobilenet_layer_list_matches_torchvision_checkpoint():
     assert ours == theirs
 
 
-def test_mobilenet_is_the_offline_default_and_folding_batch_norm_keeps_its_output():
+def test_mobilenet_is_the_offline_default_and_its_fast_form_keeps_its_output():
+    # Fast: batch norms folded into the convolutions, and channels_last.
     spec = LOSS_NETWORKS["mobilenet_v2"]
     folded = load_loss_network("mobilenet_v2")
     state = torch.load(lossnets._mobilenet_file(), weights_only=True)
