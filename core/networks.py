@@ -24,20 +24,29 @@ class InstanceNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
         self.eps = eps
-        self.record = False
+        self.record = False  # measure each input's (mean, var) into ``recorded``
+        self.recorded: tuple[torch.Tensor, torch.Tensor] | None = None
+        # Set for tiles: the per-channel (scale, shift) that ``affine`` made from given statistics.
         self.frozen: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.frozen is None and not self.record:
+        if self.frozen is not None:
+            scale, shift = self.frozen
+            return x * scale.to(x.dtype) + shift.to(x.dtype)
+        if not self.record:
             return F.instance_norm(x, weight=self.weight, bias=self.bias, eps=self.eps)
-        if self.frozen is None:
-            var, mean = torch.var_mean(x.float(), dim=(2, 3), keepdim=True, correction=0)
-            self.frozen = (mean, var)
-        mean, var = self.frozen
+        var, mean = torch.var_mean(x.float(), dim=(2, 3), keepdim=True, correction=0)
+        self.recorded = (mean, var)
         scale = self.weight[None, :, None, None] * torch.rsqrt(var + self.eps)
         return (x - mean.to(x.dtype)) * scale.to(x.dtype) + self.bias[None, :, None, None].to(
             x.dtype
         )
+
+    def affine(self, mean: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel (scale, shift) that normalise with the statistics (mean, var), then scale."""
+        mean, var = mean.to(self.weight.device).float(), var.to(self.weight.device).float()
+        scale = self.weight.detach().float() * torch.rsqrt(var + self.eps)
+        return scale, self.bias.detach().float() - mean * scale
 
 
 class ConvLayer(nn.Sequential):
