@@ -318,8 +318,7 @@ def _run_tiled(
                 # Only tiles on the bottom or right edge need padding: no padded copy of the image.
                 piece = _pad_to_size(rgb[y0 : y0 + tile_h, x0 : x0 + tile_w], tile_h, tile_w)
                 result = runner.run_frozen(_nchw(piece), stats, cancel)
-                where = (slice(y0 * scale, (y0 + tile_h) * scale), slice(x0 * scale, None))
-                added.append(blender.submit(_add_tile, out, where, result, wy, wx))
+                added.append(blender.submit(_add_tile, out, result, y0 * scale, x0 * scale, wy, wx))
                 done += 1
                 _check(cancel)
                 report(done, total)
@@ -329,14 +328,13 @@ def _run_tiled(
 
 
 def _add_tile(
-    out: np.ndarray, where: tuple[slice, slice], result: np.ndarray, wy: np.ndarray, wx: np.ndarray
+    out: np.ndarray, result: np.ndarray, y: int, x: int, wy: np.ndarray, wx: np.ndarray
 ) -> None:
-    """Add a (1, 3, H, W) tile result, weighted by its blend weights, into ``out`` at ``where``."""
+    """Add a (1, 3, H, W) tile result, weighted by its blend weights, into ``out`` at (y, x)."""
     tile = _hwc(result)
     tile *= wy[:, None, None]
     tile *= wx[None, :, None]
-    rows, cols = where
-    out[rows, cols.start : cols.start + tile.shape[1]] += tile
+    out[y : y + tile.shape[0], x : x + tile.shape[1]] += tile
 
 
 def _check(cancel: threading.Event | None) -> None:
