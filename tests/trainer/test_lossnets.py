@@ -99,8 +99,9 @@ def test_mobilenet_is_the_offline_default_and_its_fast_form_keeps_its_output():
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
 
 
-def random_craft_file(path: Path) -> tuple[Path, torch.nn.Sequential]:
-    """A random checkpoint laid out as CRAFT's (VGG-16-BN in four slices, then CRAFT's own layers)."""
+def random_vgg16_bn_file(path: Path, layout: str) -> tuple[Path, torch.nn.Sequential]:
+    """A random VGG-16-BN checkpoint laid out as torchvision's or as CRAFT's (the VGG in four
+    slices, then CRAFT's own layers); also the plain layers it holds."""
     torch.manual_seed(0)
     plain = vgg16_bn_features(38)
     for m in plain.modules():
@@ -111,15 +112,23 @@ def random_craft_file(path: Path) -> tuple[Path, torch.nn.Sequential]:
     for key, value in plain.state_dict().items():
         index = int(key.split(".")[0])
         piece = 1 if index < 12 else 2 if index < 19 else 3 if index < 29 else 4
-        state[f"module.basenet.slice{piece}.{key}"] = value
-    state["module.basenet.slice5.1.weight"] = torch.zeros(4, 512, 3, 3)  # not VGG: ignored
-    state["module.conv_cls.0.weight"] = torch.zeros(2, 2)
+        name = f"module.basenet.slice{piece}.{key}" if layout == "craft" else f"features.{key}"
+        state[name] = value
+    # Layers that are not the VGG features: ignored.
+    if layout == "craft":
+        state["module.basenet.slice5.1.weight"] = torch.zeros(4, 512, 3, 3)
+        state["module.conv_cls.0.weight"] = torch.zeros(2, 2)
+    else:
+        state["classifier.0.weight"] = torch.zeros(8, 8)
     torch.save(state, path)
     return path, plain.eval()
 
 
-def test_vgg16_bn_reads_craft_checkpoints_and_taps_the_paper_layers(tmp_path):
-    path, plain = random_craft_file(tmp_path / "craft_mlt_25k.pth")
+@pytest.mark.parametrize("layout", ["craft", "torchvision"])
+def test_vgg16_bn_reads_craft_and_torchvision_checkpoints_and_taps_the_paper_layers(
+    tmp_path, layout
+):
+    path, plain = random_vgg16_bn_file(tmp_path / "vgg16_bn.pth", layout)
     net = load_loss_network("vgg16_bn", path)
     x = torch.rand(2, 3, 64, 64)
     features = net(x)  # batch norms folded, channels_last
