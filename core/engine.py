@@ -303,7 +303,6 @@ def _run_tiled(
     stats = no_stats
     if loaded.has_norm:
         _check(cancel)
-        runner.prepare_frozen((1, 3, tile_h, tile_w))  # compiles while the thumbnail runs
         stats = _thumbnail_stats(runner, rgb, min(THUMBNAIL_SIDE, in_tile), cancel)
         done += 1
         report(done, total)
