@@ -233,7 +233,7 @@ def test_openvino_matches_pytorch(models_dir):
         assert difference.max() <= 1 and (difference > 0).mean() < 0.01
     difference = np.abs(fast.upscale("sr", image).astype(int) - reference.upscale("sr", image))
     assert difference.max() <= 1 and (difference > 0).mean() < 0.01
-    # Tiled (thumbnail statistics as a graph input) too; float32 output, tolerance 1e-3.
+    # Tiled (thumbnail statistics compiled in as constants) too; float32 output, tolerance 1e-3.
     image = textured(200, 260)
     tiled = Engine(device="cpu", backend="openvino", precision="fp32", tile_size=160)
     expected = Engine(device="cpu", backend="torch", tile_size=160).stylize("tiny", image)
