@@ -241,6 +241,19 @@ def test_openvino_matches_pytorch(models_dir):
 
 
 @needs_openvino
+def test_openvino_tiles_of_each_image_use_that_images_statistics(models_dir):
+    # Each image's tiles are compiled with its statistics as constants: a second image of the
+    # same size must not reuse the first one's.
+    tiled = Engine(device="cpu", backend="openvino", precision="fp32", tile_size=160)
+    reference = Engine(device="cpu", backend="torch", tile_size=160)
+    first, second = textured(200, 260), textured(200, 260, seed=1) * 0.5
+    for image in (first, second, first):
+        expected = reference.stylize("tiny", image)
+        result = tiled.stylize("tiny", image)
+        assert np.abs(result - expected).max() < 1e-3
+
+
+@needs_openvino
 def test_openvino_bf16_stays_close(models_dir):
     image = textured(96, 128)
     bf16 = Engine(device="cpu", backend="openvino", precision="bf16").stylize("tiny", image)
