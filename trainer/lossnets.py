@@ -307,10 +307,10 @@ def load_loss_network(
     spec = LOSS_NETWORKS[name]
     if weights is not None:
         path = Path(weights)
+        full, source = _read_checkpoint(path, spec), str(path)
     elif name == "vgg16":
-        full = _download_vgg16(spec)
-        return LossNetwork(spec, _feature_weights(full, spec, VGG16_URL), fast)
+        full, source = _download_vgg16(spec), VGG16_URL
     else:
         path = _packaged_file(name)
-    full = _from_craft(_read_checkpoint(path, spec))
-    return LossNetwork(spec, _feature_weights(full, spec, str(path)), fast)
+        full, source = _read_checkpoint(path, spec), str(path)
+    return LossNetwork(spec, _feature_weights(_from_craft(full), spec, source), fast)
