@@ -47,7 +47,7 @@ SR_MIN_INPUT_TILE = 64
 # Tile lengths round up to these multiples. Style tiles compile once per image anyway (its
 # statistics are constants in the compiled model), so fine steps save compute (8 runs as fast as
 # 32 per pixel); SR tiles of every image share compiled shapes, so few distinct ones.
-STYLE_TILE_STEP, SR_TILE_STEP = 8, 32
+STYLE_TILE_MULTIPLE, SR_TILE_MULTIPLE = 8, 32
 SCALE_RANGE = (0.1, 4.0)
 MIN_SIDE = 16
 MODEL_CACHE_SIZE = 2  # loaded models kept; each holds its compiled tile shapes
@@ -273,9 +273,10 @@ def _run_tiled(
     runner = loaded.runner
     h, w = rgb.shape[:2]
     if loaded.has_norm:
-        margin, blend, align, step, in_tile = STYLE_MARGIN, STYLE_BLEND, 4, STYLE_TILE_STEP, tile
+        margin, blend, align, multiple = STYLE_MARGIN, STYLE_BLEND, 4, STYLE_TILE_MULTIPLE
+        in_tile = tile
     else:
-        margin, blend, align, step = SR_MARGIN, SR_BLEND, 1, SR_TILE_STEP
+        margin, blend, align, multiple = SR_MARGIN, SR_BLEND, 1, SR_TILE_MULTIPLE
         in_tile = max(tile // scale, SR_MIN_INPUT_TILE)
     in_tile -= in_tile % align
     # The style network halves the size twice: pad like it does, to a multiple of 4.
@@ -297,8 +298,8 @@ def _run_tiled(
         return _hwc(out)[: h * scale, : w * scale]
 
     overlap = 2 * margin + blend
-    tile_h, starts_y = _plan_axis(ph, in_tile, overlap, align, step)
-    tile_w, starts_x = _plan_axis(pw, in_tile, overlap, align, step)
+    tile_h, starts_y = _plan_axis(ph, in_tile, overlap, align, multiple)
+    tile_w, starts_x = _plan_axis(pw, in_tile, overlap, align, multiple)
     weights_y = _blend_weights(starts_y, tile_h, ph, margin, blend, scale)
     weights_x = _blend_weights(starts_x, tile_w, pw, margin, blend, scale)
     total = len(starts_y) * len(starts_x) + int(loaded.has_norm)
@@ -358,15 +359,15 @@ def _thumbnail_stats(
 
 
 def _plan_axis(
-    length: int, tile: int, overlap: int, align: int, step: int
+    length: int, tile: int, overlap: int, align: int, multiple: int
 ) -> tuple[int, list[int]]:
-    """Tile length (a multiple of ``step`` unless capped by ``tile``) and start positions along
-    one axis: evenly spread, overlapping by >= overlap."""
+    """Tile length (rounded up to a multiple of ``multiple``, at most ``tile``) and start
+    positions along one axis: evenly spread, overlapping by >= overlap."""
     if length <= tile:
         return length, [0]
     reach = overlap + align  # starts are rounded down to ``align``: keep that much slack
     count = math.ceil((length - reach) / (tile - reach))
-    size = min(tile, step * math.ceil((math.ceil((length - reach) / count) + reach) / step))
+    size = min(tile, multiple * math.ceil((math.ceil((length - reach) / count) + reach) / multiple))
     size -= size % align
     count = math.ceil((length - size) / (size - reach)) + 1
     step = (length - size) / (count - 1)

@@ -188,8 +188,8 @@ def test_tiles_show_no_seams(models_dir):
     image = textured(128, 320)
     tiled = Engine(device="cpu", backend="torch", tile_size=160).stylize("tiny", image)
     margin, blend = engine_module.STYLE_MARGIN, engine_module.STYLE_BLEND
-    step = engine_module.STYLE_TILE_STEP
-    size, starts = engine_module._plan_axis(320, 160, 2 * margin + blend, 4, step)
+    multiple = engine_module.STYLE_TILE_MULTIPLE
+    size, starts = engine_module._plan_axis(320, 160, 2 * margin + blend, 4, multiple)
     # Where a seam could show: where a tile's output is cut off and where its blend ramp ends.
     edges = [s + d for s in starts[1:] for d in (margin, margin + blend)]
     edges += [s + size - d for s in starts[:-1] for d in (margin, margin + blend)]
