@@ -86,8 +86,9 @@ class FrozenStats(nn.Module):
         self.net = net
         self.norms = norm_layers(net)
 
-    def affine(self, stats: np.ndarray) -> np.ndarray:
-        """Packed (scale, shift) of every norm from packed (mean, var) statistics."""
+    def affine(self, stats: np.ndarray) -> torch.Tensor:
+        """Packed (scale, shift) of every norm from packed (mean, var) statistics, on the
+        network's device."""
         mean, var = torch.from_numpy(np.asarray(stats, np.float32))
         parts, start = [], 0
         for m in self.norms:
@@ -95,8 +96,8 @@ class FrozenStats(nn.Module):
             parts.append(m.affine(mean[start : start + c], var[start : start + c]))
             start += c
         if not parts:
-            return np.zeros((2, 0), np.float32)
-        return torch.stack([torch.cat(p) for p in zip(*parts, strict=True)]).cpu().numpy()
+            return torch.zeros(2, 0)
+        return torch.stack([torch.cat(p) for p in zip(*parts, strict=True)])
 
     def forward(self, x: torch.Tensor, affine: torch.Tensor | None = None) -> torch.Tensor:
         start = 0
@@ -152,8 +153,7 @@ class TorchRunner:
     ) -> np.ndarray:
         """Output of a (1, 3, H, W) float32 input with the given packed statistics."""
         with torch.inference_mode():
-            affine = torch.from_numpy(self.frozen.affine(stats)).to(self.device)
-            return self.frozen(self._input(x), affine).float().cpu().numpy()
+            return self.frozen(self._input(x), self.frozen.affine(stats)).float().cpu().numpy()
 
 
 def _weights_digest(net: nn.Module) -> str:
@@ -332,7 +332,7 @@ class OpenVINORunner:
 
         The first tile of an image compiles its shape with the image's statistics (0.17 s).
         """
-        affine = self.forms["frozen"].affine(stats) if self.channels else None
+        affine = self.forms["frozen"].affine(stats).numpy() if self.channels else None
         return self._infer("frozen", [np.ascontiguousarray(x)], cancel, affine)[0]
 
 

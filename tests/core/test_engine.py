@@ -157,8 +157,7 @@ def stylize_whole_with_stats(path, image: np.ndarray, stats_from: np.ndarray) ->
     with torch.no_grad():
         stats = LiveStats(net)(torch.from_numpy(stats_from).permute(2, 0, 1)[None])
         frozen = FrozenStats(net)
-        affine = torch.from_numpy(frozen.affine(stats.numpy()))
-        out = frozen(torch.from_numpy(image).permute(2, 0, 1)[None], affine)
+        out = frozen(torch.from_numpy(image).permute(2, 0, 1)[None], frozen.affine(stats.numpy()))
     return np.clip(out[0].permute(1, 2, 0).numpy(), 0, 1)
 
 
