@@ -277,10 +277,7 @@ class OpenVINORunner:
 
     def _compile(self, form: str, shape: tuple[int, ...], affine: np.ndarray | None = None):
         model = self._traced(form).clone()
-        shapes = {0: list(shape)}
-        if form == "frozen" and self.channels:
-            shapes[1] = [2, self.channels]
-        model.reshape(shapes)
+        model.reshape({0: list(shape)})  # the frozen form's (2, channels) input was traced as is
         if affine is not None:
             _as_constant(model, 1, affine)
         compiled = self.core.compile_model(
