@@ -334,11 +334,36 @@ def _run_tiled(
 def _add_tile(
     out: np.ndarray, result: np.ndarray, y: int, x: int, wy: np.ndarray, wx: np.ndarray
 ) -> None:
-    """Add a (1, 3, H, W) tile result, weighted by its blend weights, into ``out`` at (y, x)."""
-    tile = _hwc(result)
-    tile *= wy[:, None, None]
-    tile *= wx[None, :, None]
-    out[y : y + tile.shape[0], x : x + tile.shape[1]] += tile
+    """Add a (1, 3, H, W) tile result, weighted by its blend weights, into ``out`` at (y, x).
+
+    The weights sum to 1 at every pixel, so where both of a tile's are 1 no other tile adds
+    anything: there it is copied; only its blend bands are weighted, and its zero margins skipped.
+    """
+    tile = result[0].transpose(1, 2, 0)  # a view: the copy below is the only transposing pass
+    (top, bottom), (first, last) = _spans(wy)
+    (left, right), (begin, end) = _spans(wx)
+    out[y + first : y + last, x + begin : x + end] = tile[first:last, begin:end]
+    bands = [
+        (top, first, left, right),
+        (last, bottom, left, right),
+        (first, last, left, begin),
+        (first, last, end, right),
+    ]
+    for r0, r1, c0, c1 in bands:
+        if r0 < r1 and c0 < c1:
+            weight = wy[r0:r1, None, None] * wx[None, c0:c1, None]
+            out[y + r0 : y + r1, x + c0 : x + c1] += tile[r0:r1, c0:c1] * weight
+
+
+def _spans(weights: np.ndarray) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(start, stop) of the nonzero weights, and of the run of weights equal to 1 inside it."""
+    nonzero = np.flatnonzero(weights)
+    ones = np.flatnonzero(weights == 1)
+    start, stop = int(nonzero[0]), int(nonzero[-1]) + 1
+    if ones.size == 0:
+        return (start, stop), (start, start)
+    assert ones[-1] - ones[0] + 1 == ones.size, "weights of 1 must be one run"
+    return (start, stop), (int(ones[0]), int(ones[-1]) + 1)
 
 
 def _check(cancel: threading.Event | None) -> None:

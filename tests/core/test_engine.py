@@ -208,6 +208,27 @@ def test_tiles_show_no_seams(models_dir):
     assert jumps[[79, 159, 239]].max() > 1.2 * np.delete(jumps, [79, 159, 239]).max()  # 2.3 vs 1.6
 
 
+@pytest.mark.parametrize(
+    "length, tile, scale", [(320, 160, 1), (1000, 128, 1), (517, 300, 1), (90, 64, 4)]
+)
+def test_tiles_are_added_with_their_blend_weights(length, tile, scale):
+    # _add_tile copies where a tile's weight is 1 and adds only its bands: the same sum as weighting
+    # every pixel of every tile, for layouts with narrow tiles and no weight of 1 too.
+    margin, blend = (32, 32) if scale == 1 else (engine_module.SR_MARGIN, engine_module.SR_BLEND)
+    size, starts = engine_module._plan_axis(length, tile, 2 * margin + blend, 4, 8)
+    weights = engine_module._blend_weights(starts, size, length, margin, blend, scale)
+    rng = np.random.default_rng(0)
+    out = np.zeros((length * scale, length * scale, 3), np.float32)
+    expected = np.zeros_like(out)
+    for y, wy in zip(starts, weights, strict=True):
+        for x, wx in zip(starts, weights, strict=True):
+            result = rng.random((1, 3, size * scale, size * scale), dtype=np.float32)
+            engine_module._add_tile(out, result, y * scale, x * scale, wy, wx)
+            weighted = result[0].transpose(1, 2, 0) * wy[:, None, None] * wx[None, :, None]
+            expected[y * scale : (y + size) * scale, x * scale : (x + size) * scale] += weighted
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+
+
 def test_upscale_tiles_are_exact(models_dir, torch_engine):
     image = textured(72, 96)
     whole = torch_engine.upscale("sr", image)
