@@ -288,14 +288,14 @@ def _run_tiled(
     if ph * pw <= in_tile * in_tile:
         report(0, 1)
         _check(cancel)
-        whole = _nchw(_pad_to(rgb, align))
+        whole = _batch(_pad_to(rgb, align))
         if loaded.has_norm:
             out = runner.run_whole(whole, cancel)
         else:
             out = runner.run_frozen(whole, no_stats, cancel)
         _check(cancel)
         report(1, 1)
-        return _hwc(out)[: h * scale, : w * scale]
+        return out[0, : h * scale, : w * scale]
 
     overlap = 2 * margin + blend
     tile_h, starts_y = _plan_axis(ph, in_tile, overlap, align, multiple)
@@ -321,7 +321,7 @@ def _run_tiled(
                 _check(cancel)
                 # Only tiles on the bottom or right edge need padding: no padded copy of the image.
                 piece = _pad_to_size(rgb[y0 : y0 + tile_h, x0 : x0 + tile_w], tile_h, tile_w)
-                result = runner.run_frozen(_nchw(piece), stats, cancel)
+                result = runner.run_frozen(_batch(piece), stats, cancel)
                 added.append(blender.submit(_add_tile, out, result, y0 * scale, x0 * scale, wy, wx))
                 done += 1
                 _check(cancel)
@@ -334,12 +334,12 @@ def _run_tiled(
 def _add_tile(
     out: np.ndarray, result: np.ndarray, y: int, x: int, wy: np.ndarray, wx: np.ndarray
 ) -> None:
-    """Add a (1, 3, H, W) tile result, weighted by its blend weights, into ``out`` at (y, x).
+    """Add a (1, H, W, 3) tile result, weighted by its blend weights, into ``out`` at (y, x).
 
     The weights sum to 1 at every pixel, so where both of a tile's are 1 no other tile adds
     anything: there it is copied; only its blend bands are weighted, and its zero margins skipped.
     """
-    tile = result[0].transpose(1, 2, 0)  # a view: the copy below is the only transposing pass
+    tile = result[0]
     (top, bottom), (first, last) = _spans(wy)
     (left, right), (begin, end) = _spans(wx)
     out[y + first : y + last, x + begin : x + end] = tile[first:last, begin:end]
@@ -380,7 +380,7 @@ def _thumbnail_stats(
     factor = min(1.0, max(factor, 2 * MIN_SIDE / min(h, w)))  # very long images keep some height
     thumbnail = _resize(rgb, (round(h * factor), round(w * factor))) if factor < 1 else rgb
     # The runner keeps this shape compiled (~0.1 GB): images of the same aspect ratio reuse it.
-    return runner.run_stats(_nchw(_pad_to(thumbnail, 4)), cancel)
+    return runner.run_stats(_batch(_pad_to(thumbnail, 4)), cancel)
 
 
 def _plan_axis(
@@ -514,12 +514,9 @@ def _pad_to_size(pixels: np.ndarray, h: int, w: int) -> np.ndarray:
     return np.pad(pixels, pad, mode="reflect")
 
 
-def _nchw(pixels: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(pixels.transpose(2, 0, 1)[None])
-
-
-def _hwc(batch: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(batch[0].transpose(1, 2, 0))
+def _batch(pixels: np.ndarray) -> np.ndarray:
+    """A batch of one (1, H, W, 3), contiguous as the runtimes need it."""
+    return np.ascontiguousarray(pixels)[None]
 
 
 def _out_of_memory(error: BaseException) -> bool:

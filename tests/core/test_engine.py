@@ -222,9 +222,9 @@ def test_tiles_are_added_with_their_blend_weights(length, tile, scale):
     expected = np.zeros_like(out)
     for y, wy in zip(starts, weights, strict=True):
         for x, wx in zip(starts, weights, strict=True):
-            result = rng.random((1, 3, size * scale, size * scale), dtype=np.float32)
+            result = rng.random((1, size * scale, size * scale, 3), dtype=np.float32)
             engine_module._add_tile(out, result, y * scale, x * scale, wy, wx)
-            weighted = result[0].transpose(1, 2, 0) * wy[:, None, None] * wx[None, :, None]
+            weighted = result[0] * wy[:, None, None] * wx[None, :, None]
             expected[y * scale : (y + size) * scale, x * scale : (x + size) * scale] += weighted
     np.testing.assert_allclose(out, expected, atol=1e-6)
 
@@ -338,13 +338,13 @@ def test_progress_counts_tiles_and_cancel_stops(models_dir, backend):
 @needs_openvino
 def test_openvino_runs_again_after_a_cancel_inside_a_tile(models_dir):
     runner = Engine(device="cpu", backend="openvino", precision="fp32")._load("sr", "sr").runner
-    x = np.ascontiguousarray(textured(256, 256).transpose(2, 0, 1)[None])
+    x = textured(256, 256)[None]
     no_stats = np.zeros((2, 0), np.float32)
     cancel = threading.Event()
     cancel.set()  # seen at the first poll, 0.1 s into the run (the run takes longer)
     with pytest.raises(RuntimeCancelled):
         runner.run_frozen(x, no_stats, cancel)
-    assert runner.run_frozen(x, no_stats, None).shape == (1, 3, 1024, 1024)
+    assert runner.run_frozen(x, no_stats, None).shape == (1, 1024, 1024, 3)
 
 
 @needs_openvino
@@ -381,8 +381,9 @@ def test_out_of_memory_retries_with_smaller_tiles(models_dir, monkeypatch):
     def limited(run):
         # What a real allocator does: big inputs fail, small ones work.
         def run_limited(x, *args):
-            tried.append(x.shape[-1])
-            if x.shape[-1] * x.shape[-2] > 300 * 300:
+            _, height, width, _ = x.shape
+            tried.append(width)
+            if height * width > 300 * 300:
                 raise RuntimeError(
                     "[enforce fail] DefaultCPUAllocator: not enough memory: you tried to allocate"
                 )
