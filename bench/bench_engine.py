@@ -8,6 +8,7 @@ int8 calibration lets the engine's default CPU precision be int8 (--precision fp
     .venv/bin/python bench/bench_engine.py                       # full width, 0.25/1/4/16 MP
     .venv/bin/python bench/bench_engine.py --width compact --sizes 1,4
     .venv/bin/python bench/bench_engine.py --device cuda --check  # also PSNR engine vs baseline
+    .venv/bin/python bench/bench_engine.py --width compact --sizes 4 --repeat 5  # medians
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import math
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -160,6 +162,20 @@ def run_case(args, method: str, megapixels: float, model_path: Path, save: Path 
     return json.loads(lines[-1])
 
 
+def median_run(runs: list[dict]) -> dict:
+    """One case from repeated runs: median seconds and CPU seconds, highest peak memory."""
+    failed = [r for r in runs if "error" in r]
+    if failed:
+        return failed[0]
+    result = dict(runs[0])
+    for key in ("seconds", "cpu_seconds"):
+        result[key] = statistics.median(r[key] for r in runs)
+    for key in ("peak_rss_gb", "peak_gpu_gb"):
+        if key in result:
+            result[key] = max(r[key] for r in runs)
+    return result
+
+
 def psnr(a, b) -> float:
     import numpy as np
 
@@ -184,6 +200,13 @@ def main() -> int:
         help="address-space cap of the CPU eager baseline; above it the case reads n/a (OOM)",
     )
     parser.add_argument("--check", action="store_true", help="PSNR of engine vs baseline output")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs of each case, engine and baseline alternating, each in a fresh process; the "
+        "table shows the median (a shared machine's noise comes in bursts)",
+    )
     parser.add_argument("--child", choices=["engine", "eager"], help=argparse.SUPPRESS)
     parser.add_argument("--megapixels", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--model-path", help=argparse.SUPPRESS)
@@ -201,7 +224,7 @@ def main() -> int:
             model_path = REPO / "weights" / f"{SHIPPED[args.width]}.impasto"
         print(
             f"# bench_engine: width={args.width} model={model_path.stem} device={args.device} "
-            f"precision={args.precision} cpus={os.cpu_count()} "
+            f"precision={args.precision} cpus={os.cpu_count()} repeat={args.repeat} "
             f"load average {os.getloadavg()[0]:.1f}"
         )
         header = (
@@ -215,7 +238,12 @@ def main() -> int:
         labels = set()
         for megapixels in [float(s) for s in args.sizes.split(",")]:
             saves = {m: Path(tmp) / f"{m}.npy" if args.check else None for m in ("engine", "eager")}
-            results = {m: run_case(args, m, megapixels, model_path, saves[m]) for m in saves}
+            runs: dict[str, list[dict]] = {m: [] for m in saves}
+            for i in range(args.repeat):
+                for m in saves:
+                    save = saves[m] if i == 0 else None
+                    runs[m].append(run_case(args, m, megapixels, model_path, save))
+            results = {m: median_run(runs[m]) for m in saves}
             cells = [f"{megapixels:g}"]
             for method in ("engine", "eager"):
                 r = results[method]
