@@ -32,18 +32,19 @@ class InstanceNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.frozen is not None:
             scale, shift = self.frozen
-            return x * scale.to(x.dtype) + shift.to(x.dtype)
-        if not self.record:
+        elif self.record:
+            var, mean = torch.var_mean(x.float(), dim=(2, 3), keepdim=True, correction=0)
+            self.recorded = (mean, var)
+            scale, shift = (
+                t[..., None, None] for t in self.affine(mean.flatten(1), var.flatten(1))
+            )
+        else:
             return F.instance_norm(x, weight=self.weight, bias=self.bias, eps=self.eps)
-        var, mean = torch.var_mean(x.float(), dim=(2, 3), keepdim=True, correction=0)
-        self.recorded = (mean, var)
-        scale = self.weight[None, :, None, None] * torch.rsqrt(var + self.eps)
-        return (x - mean.to(x.dtype)) * scale.to(x.dtype) + self.bias[None, :, None, None].to(
-            x.dtype
-        )
+        return x * scale.to(x.dtype) + shift.to(x.dtype)
 
     def affine(self, mean: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-channel (scale, shift) that normalise with the statistics (mean, var), then scale."""
+        """Per-channel (scale, shift) that normalise with the statistics (mean, var), then scale;
+        channels in the last dimension."""
         mean, var = mean.to(self.weight.device).float(), var.to(self.weight.device).float()
         scale = self.weight.detach().float() * torch.rsqrt(var + self.eps)
         return scale, self.bias.detach().float() - mean * scale

@@ -43,7 +43,7 @@ COMPILED_CACHE_SIZE = 1
 
 
 # Part of every cache key: raise it when the traced graph changes for the same weights.
-GRAPH_VERSION = 7
+GRAPH_VERSION = 8
 
 
 class RuntimeCancelled(Exception):
