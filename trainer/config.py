@@ -24,6 +24,10 @@ class TrainConfig:
     style_image: str | None = None
     width: str = "full"  # style network width
     image_size: int = 256  # training crop (style input, or SR high-resolution crop)
+    # The last ``final_steps`` steps train on ``final_image_size`` crops (0: no change): most steps
+    # small and cheap, the end at the size the strokes should have.
+    final_image_size: int = 0
+    final_steps: int = 0
     batch_size: int = 4  # per process
     steps: int = 40000
     lr: float = 1e-3
@@ -43,6 +47,7 @@ class TrainConfig:
     compile: bool = False
     seed: int = 0
     workers: int = 0
+    resident: bool = False  # keep the scaled photos on the training device (same crops)
     checkpoint_every: int = 500
     log_every: int = 50
     preview_every: int = 1000
@@ -56,7 +61,13 @@ class TrainConfig:
     RESUMABLE_CHANGES = (
         "steps", "output", "device", "workers", "checkpoint_every", "log_every", "preview_every",
         "display_name", "description", "credit", "command", "compile", "loss_weights", "dataset",
+        "final_image_size", "final_steps", "resident",
     )  # fmt: skip
+
+    def crop_size(self, step: int) -> int:
+        """The training crop size for ``step`` (0-based) under the crop schedule."""
+        late = self.final_image_size and step >= self.steps - self.final_steps
+        return self.final_image_size if late else self.image_size
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values only (safe for weights-only checkpoints and JSON)."""

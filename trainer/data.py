@@ -132,10 +132,15 @@ class PhotoCrops(Dataset):
 
     ``resize`` True scales each photo's shorter side to the crop size first (style training, as
     the paper's 256x256 inputs); False keeps native resolution (super-resolution needs real detail).
+    ``resident``: a device on which each photo, once decoded and scaled, is kept and cropped (the
+    same crops, no decoding per step: for data sets that fit in that device's memory).
     """
 
-    def __init__(self, photos: list[Path], size: int, resize: bool) -> None:
-        self.photos, self.size, self.resize = photos, size, resize
+    def __init__(
+        self, photos: list[Path], size: int, resize: bool, resident: torch.device | None = None
+    ) -> None:
+        self.photos, self.size, self.resize, self.resident = photos, size, resize, resident
+        self._kept: dict[Path, torch.Tensor] = {}
         self._warned: set[Path] = set()
 
     def __len__(self) -> int:
@@ -148,12 +153,25 @@ class PhotoCrops(Dataset):
         for offset in range(len(self.photos)):
             path = self.photos[(index + offset) % len(self.photos)]
             try:
-                return to_tensor(random_crop(open_rgb(path), self.size, rng, self.resize))
+                if self.resident is None:
+                    return to_tensor(random_crop(open_rgb(path), self.size, rng, self.resize))
+                return self._resident_crop(path, rng)
             except Exception as e:
                 if path not in self._warned:
                     self._warned.add(path)
                     print(f"warning: skipping unreadable photo {path} ({e})", file=sys.stderr)
         raise DataError("none of the photos could be decoded")
+
+    def _resident_crop(self, path: Path, rng: random.Random) -> torch.Tensor:
+        """random_crop's crop (same random draws, same pixels) of the kept, scaled photo."""
+        if path not in self._kept:
+            cover = _cover(open_rgb(path), self.size, self.resize)
+            self._kept[path] = to_tensor(cover).to(self.resident)
+        image = self._kept[path]
+        left = rng.randint(0, image.shape[2] - self.size)
+        top = rng.randint(0, image.shape[1] - self.size)
+        crop = image[:, top : top + self.size, left : left + self.size]
+        return crop.flip(2) if rng.random() < 0.5 else crop
 
 
 class ResumableSampler(Sampler):

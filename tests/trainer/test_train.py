@@ -71,6 +71,26 @@ def test_resumed_run_equals_an_uninterrupted_one(tmp_path, photos, painting):
     assert losses(interrupted.run_dir) == losses(whole.checkpoint.parent)
 
 
+def test_crop_schedule_trains_the_last_steps_larger_and_resumes_exactly(
+    tmp_path, photos, painting, capsys
+):
+    schedule = dict(final_image_size=48, final_steps=2)
+    config = tiny_config(tmp_path / "a", photos, painting, **schedule)
+    assert [config.crop_size(s) for s in range(6)] == [32, 32, 32, 32, 48, 48]
+    whole = train(config)
+    assert "step 4: crops now 48 px" in capsys.readouterr().out
+    # Stopped inside the large-crop phase and resumed: the same weights as never stopping.
+    stop = threading.Event()
+    interrupted = tiny_config(tmp_path / "b", photos, painting, **schedule)
+    train(interrupted, stop=stop, on_step=lambda step: step == 5 and stop.set())
+    second = train(interrupted, resume=True)
+    a, b = (load_checkpoint(r.checkpoint)["net"] for r in (whole, second))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # And the schedule changed the result: all-small crops train other weights.
+    small = load_checkpoint(train(tiny_config(tmp_path / "c", photos, painting)).checkpoint)["net"]
+    assert not all(torch.equal(a[k], small[k]) for k in a)
+
+
 def test_an_existing_run_is_never_silently_restarted(tmp_path, photos, painting):
     config = tiny_config(tmp_path, photos, painting, steps=2)
     train(config)
