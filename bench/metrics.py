@@ -44,3 +44,34 @@ def ssim_y(result: np.ndarray, truth: np.ndarray, border: int = 4) -> float:
         (mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)
     )
     return float(ssim_map.mean())
+
+
+def srgb_to_lab(image: np.ndarray) -> np.ndarray:
+    """CIE L*a*b* (D65) of uint8 sRGB pixels, any leading shape."""
+    c = image.astype(np.float64) / 255.0
+    c = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    xyz = c @ np.array(
+        [[0.4124, 0.2126, 0.0193], [0.3576, 0.7152, 0.1192], [0.1805, 0.0722, 0.9505]]
+    )
+    xyz /= np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.stack(
+        [116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1
+    )
+
+
+def palette_distance(image: np.ndarray, painting: np.ndarray, projections: int = 64) -> float:
+    """Sliced Wasserstein distance between two images' colour distributions in Lab (lower = closer).
+
+    Each image's pixels (uint8 RGB) are projected on fixed random directions; the mean absolute
+    difference of the projections' quantiles is averaged over directions (Lab units, like Delta E).
+    """
+    rng = np.random.default_rng(0)
+    directions = rng.normal(size=(3, projections))
+    directions /= np.linalg.norm(directions, axis=0)
+    quantiles = np.linspace(0.005, 0.995, 200)
+    a = srgb_to_lab(image.reshape(-1, 3)) @ directions
+    b = srgb_to_lab(painting.reshape(-1, 3)) @ directions
+    return float(
+        np.abs(np.quantile(a, quantiles, axis=0) - np.quantile(b, quantiles, axis=0)).mean()
+    )

