@@ -161,7 +161,7 @@ def check_options(arch: str, options: object) -> str | None:
         )
         if not ok or value not in bound:
             shown = f"{bound.start} to {bound.stop - 1}" if isinstance(bound, range) else bound
-            return f"{arch} option {key}={str(value)[:40]!r} is outside {shown}"
+            return f"{arch} option {key}={repr(value)[:40]} is outside {shown}"
     return None
 
 
