@@ -45,7 +45,8 @@ Inputs are image files or folders (the images directly inside a folder are proce
 left alone). Outputs: with one input file, -o names the output file (its suffix sets the format) or a
 folder; with several inputs or a folder, -o is a folder, created if needed, and each result keeps its
 input's name. Without -o, results go next to each input as NAME-{tag}.EXT (a folder input gets a
-sibling folder FOLDER-{tag}). An input is never overwritten; an existing output is kept unless
+sibling folder FOLDER-{tag}). An input is never overwritten: a run in which an output would be
+one of its inputs is refused before anything is written. An existing output is kept unless
 --overwrite is given. Files are written under a temporary name and renamed when complete, so Ctrl-C
 never leaves a half-written file. 16-bit PNGs stay 16-bit when the output is PNG.
 

@@ -180,7 +180,10 @@ def withdraw_connection(pid: int) -> None:
 
     Only the holder of the ServerLock calls this: a live server's file is never removed by another.
     """
-    info, _ = load_connection()
+    try:
+        info, _ = load_connection()
+    except UntrustedConnectionError:
+        return  # someone else's file now: not ours to remove
     if info is None or info.pid == pid:
         try:
             connection_path().unlink()

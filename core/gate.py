@@ -105,10 +105,14 @@ class HeadGate:
             oldest = next(iter(self._pending.values()), None)
             timeout = max(0.0, oldest.deadline - now) if oldest else None
             for key, _ in self._selector.select(timeout):
-                if key.fileobj is self._wake_r:
-                    self._admit()
-                else:
-                    self._receive(self._pending[key.fd])
+                try:
+                    if key.fileobj is self._wake_r:
+                        self._admit()
+                    # An earlier event of this batch may have dropped it (full gate).
+                    elif (pending := self._pending.get(key.fd)) and pending.sock is key.fileobj:
+                        self._receive(pending)
+                except Exception:  # noqa: BLE001 - the gate's end would be the server's
+                    log.exception("the connection gate failed on one connection")
             now = time.monotonic()
             while self._pending:
                 first = next(iter(self._pending.values()))

@@ -136,7 +136,7 @@ def job_request(
     if "Transfer-Encoding" in headers or len(lengths) != 1:
         raise RequestError(411, "length_required", "send the pixels with one Content-Length header")
     length = lengths[0]
-    if _digits(length) != expected:
+    if digits(length) != expected:
         raise RequestError(
             400,
             "bad_length",
@@ -161,7 +161,7 @@ def job_request(
     }
 
 
-def _digits(text: str) -> int | None:
+def digits(text: str) -> int | None:
     """A plain decimal number (ASCII digits, at most MAX_DIGITS of them), else None."""
     if text.isascii() and text.isdigit() and len(text) <= MAX_DIGITS:
         return int(text)
@@ -172,7 +172,7 @@ def _whole_number(params: dict[str, str], name: str, low: int, high: int) -> int
     value = params.get(name)
     if value is None:
         raise RequestError(400, "bad_request", f"missing parameter {name!r}")
-    number = _digits(value)
+    number = digits(value)
     if number is None or not low <= number <= high:
         raise RequestError(
             400,

@@ -48,6 +48,7 @@ from core.requests import (
     SAMPLE_TYPES,
     RequestError,
     authenticate,
+    digits,
     route,
 )
 
@@ -55,7 +56,7 @@ log = logging.getLogger("impasto.server")
 
 DEFAULT_IDLE_TIMEOUT = 1800.0  # seconds without requests or jobs before the server exits
 DEFAULT_MAX_MEGAPIXELS = 100.0  # largest image a job may read or write
-DEFAULT_CLIENT_TIMEOUT = 10.0  # seconds a client may stay silent in the middle of a request
+DEFAULT_CLIENT_TIMEOUT = 10.0  # seconds for a request head to arrive; of silence mid-body
 MAX_QUEUE = 16  # jobs waiting or running; more are refused with 503
 MAX_CONNECTIONS = 64  # connections past their head (handler threads); others wait in core.gate
 MIN_BODY_RATE = 1 << 20  # bytes/s: a body of N bytes gets --client-timeout + N / this to arrive
@@ -269,6 +270,7 @@ class Handler(BaseHTTPRequestHandler):
     _checked: tuple[str, Any] | None = None  # the routed request, once checked
     _body_read = False
     _reserved = 0  # bytes of the upload budget this request holds
+    _authenticated = False
 
     def __init__(self, request: socket.socket, address: Any, server: Any, head: bytes) -> None:
         self._head = head  # what the gate already read: the request head, maybe more
@@ -281,9 +283,13 @@ class Handler(BaseHTTPRequestHandler):
         self.rfile = io.BufferedReader(self.reader)
 
     def finish(self) -> None:
+        self.release_upload()
+        super().finish()
+
+    def release_upload(self) -> None:
+        """Give back this request's share of the upload budget (once its body is in, or at the end)."""
         self.server.uploads.release(self._reserved)
         self._reserved = 0
-        super().finish()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         log.info("%s %s", self.address_string(), printable(format % args))
@@ -318,14 +324,16 @@ class Handler(BaseHTTPRequestHandler):
         )
 
     def _discard_body(self) -> None:
-        """Swallow a small unread body so the client can read our answer instead of a reset."""
-        if self._body_read or getattr(self, "headers", None) is None:  # no headers: unparsable
+        """Swallow a small unread body so the client can read our answer instead of a reset.
+
+        Only for callers with the token: a stranger's body would hold a handler thread meanwhile.
+        """
+        if self._body_read or not self._authenticated:
             return
         self._body_read = True
         if self.headers.get("Expect", "").lower() == "100-continue":
             return  # the client waits for our answer before sending the body
-        length = self.headers.get("Content-Length", "0")
-        remaining = min(int(length), DRAIN_LIMIT) if length.isdigit() and len(length) < 20 else 0
+        remaining = min(digits(self.headers.get("Content-Length", "0")) or 0, DRAIN_LIMIT)
         self.reader.deadline = time.monotonic() + self.server.client_timeout
         try:
             while remaining > 0:
@@ -340,6 +348,7 @@ class Handler(BaseHTTPRequestHandler):
         """Authenticate, then route and check every parameter; memoised per request."""
         if self._checked is None:
             authenticate(self.headers, self.server)
+            self._authenticated = True
             self.server.jobs.last_activity = time.monotonic()
             op, request = route(self.command, self.path, self.headers, self.server)
             if op in OPERATIONS:
@@ -406,8 +415,7 @@ class JobIO:
         import numpy as np
 
         body = self._read_body(request["bytes"])
-        self.server.uploads.release(self.handler._reserved)  # the queue bounds it from here
-        self.handler._reserved = 0
+        self.handler.release_upload()  # the queue bounds it from here
         dtype = SAMPLE_TYPES[request["dtype"]][0]
         image = np.frombuffer(body, dtype=dtype).reshape(request["shape"])
         job = Job(
@@ -710,7 +718,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--client-timeout",
         type=float,
         default=DEFAULT_CLIENT_TIMEOUT,
-        help=f"seconds a client may stay silent mid-request (default: {DEFAULT_CLIENT_TIMEOUT:g})",
+        help="seconds a request head may take to arrive, and a client may stay silent mid-body "
+        f"(default: {DEFAULT_CLIENT_TIMEOUT:g})",
     )
 
 

@@ -63,12 +63,14 @@ LORIS = """
 import socket, sys, time
 host, port, count, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
 head = b"GET /health HTTP/1.1\\r\\nX-Slow: " + b"a" * 100000
-def connect():
-    s = socket.create_connection((host, port)); s.setblocking(False); return [s, 0]
 conns, opened, end = [], 0, time.monotonic() + seconds
 while time.monotonic() < end:
-    while len(conns) < count:
-        conns.append(connect()); opened += 1
+    while len(conns) < count and time.monotonic() < end:
+        try:
+            s = socket.create_connection((host, port), timeout=0.5)
+        except OSError:
+            continue  # the server's backlog is full: try again
+        s.setblocking(False); conns.append([s, 0]); opened += 1
     for c in list(conns):
         try:
             c[0].send(head[c[1]:c[1] + 1]); c[1] += 1
@@ -132,9 +134,16 @@ def test_a_slow_loris_flood_does_not_lock_out_a_real_client(server: Server, phot
     client = Client(server_args=[*SERVE_OPTIONS, *LIMITS], timeout=15)
     image = rgba(photo)
     expected = engine_output("stylize", "tiny", image)
-    started = time.monotonic()
-    np.testing.assert_array_equal(stylize(client, image), expected)
-    alone = time.monotonic() - started
+    np.testing.assert_array_equal(stylize(client, image), expected)  # loads the model
+
+    def job_time() -> float:
+        """Seconds per job, over three jobs that must all give the right pixels."""
+        started = time.monotonic()
+        for _ in range(3):
+            np.testing.assert_array_equal(stylize(client, image), expected)
+        return (time.monotonic() - started) / 3
+
+    alone = job_time()
     flood = subprocess.Popen(
         [sys.executable, "-c", LORIS, server.info.host, str(server.info.port), "300", "8"],
         stdout=subprocess.PIPE,
@@ -142,18 +151,15 @@ def test_a_slow_loris_flood_does_not_lock_out_a_real_client(server: Server, phot
     )
     try:
         time.sleep(3)  # the flood is established, the oldest connections already dropped once
-        started = time.monotonic()
-        for _ in range(3):
-            np.testing.assert_array_equal(stylize(client, image), expected)
-        flooded = (time.monotonic() - started) / 3
+        flooded = job_time()
     finally:
         opened = int(flood.communicate(timeout=30)[0])
     print(f"job alone {alone:.2f} s, under a flood of {opened} connections {flooded:.2f} s")
-    assert opened > 300  # connections were dropped (deadline, full gate) and came back
-    assert flooded < 3 * alone + 1.0
-    # 2. No second server: the same one still runs and owns the file; none was started.
+    # 2. No second server: the same one ran the jobs and owns the file; none was started.
     assert read_connection() == server.info and server.process.poll() is None
     assert not log_path().exists()
+    assert opened > 300  # connections were dropped (deadline, full gate) and came back
+    assert flooded < 3 * alone + 1.0
     assert "Traceback" not in server.log.read_text()
 
 
