@@ -145,8 +145,12 @@ class HeadGate:
             return
         except OSError:
             chunk = b""
+        if not chunk and not pending.data:  # connected and left: nothing to answer
+            self._forget(pending).close()
+            return
+        start = max(0, len(pending.data) - 2)  # only where an end can be new: no quadratic scan
         pending.data += chunk
-        if not chunk or any(end in pending.data for end in HEAD_ENDS):
+        if not chunk or any(pending.data.find(end, start) >= 0 for end in HEAD_ENDS):
             sock = self._forget(pending)  # complete, or the client stopped sending: parse it
             sock.setblocking(True)
             self._handoff(sock, pending.address, bytes(pending.data))
