@@ -163,6 +163,38 @@ def test_a_slow_loris_flood_does_not_lock_out_a_real_client(server: Server, phot
     assert "Traceback" not in server.log.read_text()
 
 
+def trickle(sock: socket.socket, data: bytes, seconds: float) -> tuple[bytes, float]:
+    """Send one byte every 0.2 s (each read is quick, the whole is slow) until the server answers
+    or closes, for at most ``seconds``; its answer and when it came."""
+    started = time.monotonic()
+    sock.setblocking(False)
+    for byte in data:
+        if time.monotonic() - started > seconds:
+            break
+        try:
+            sock.send(bytes([byte]))
+            answer = sock.recv(4096)
+            return answer, time.monotonic() - started  # an answer, or b"": closed
+        except BlockingIOError:
+            time.sleep(0.2)
+        except OSError:
+            return b"", time.monotonic() - started
+    return b"(still open)", time.monotonic() - started
+
+
+def test_heads_and_bodies_have_a_deadline_a_trickle_cannot_move(server: Server) -> None:
+    """--client-timeout is 2 s: a head must be in by then, a 768-byte body about as soon."""
+    sock = socket.create_connection((server.info.host, server.info.port), timeout=15)
+    answer, after = trickle(sock, b"GET /health HTTP/1.1\r\nX-Slow: " + b"a" * 1000, 10)
+    sock.close()
+    assert answer == b"" and after < 4, (answer, after)
+    job = "/v1/stylize?model=tiny&width=16&height=16&channels=3"
+    sock = raw(server.info, f"POST {job} HTTP/1.1\r\nContent-Length: 768")
+    answer, after = trickle(sock, b"\0" * 768, 10)
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 408") and after < 4, (answer, after)
+
+
 # -- 2. one server, never stranded ---------------------------------------------------------------
 
 
