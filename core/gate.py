@@ -96,6 +96,7 @@ class HeadGate:
         self._wake_w.send(b"\0")
 
     def close(self) -> None:
+        """Stop the gate thread; connections still waiting are closed."""
         self._closed = True
         self._wake_w.send(b"\0")
 
