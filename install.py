@@ -283,12 +283,14 @@ def run_tests(python: Path, pytest_args: list[str]) -> int:
 _CHECK_CORE = """
 import numpy as np
 from core.engine import Engine
-from core.registry import list_models
+from core.registry import list_models, scan_models
 engine = Engine()
 print(f"device: {engine.device}, backend: {engine.backend}")
 styles = list_models("style")
 print("styles:", ", ".join(m.name for m in styles) or "none")
 print("upscalers:", ", ".join(m.name for m in list_models("sr")) or "none")
+for bad in scan_models()[1]:
+    print(f"broken model file {bad.path}: {bad.reason}")
 if styles:
     image = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
     out = engine.stylize(styles[0].name, image)

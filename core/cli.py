@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -44,7 +45,8 @@ Inputs are image files or folders (the images directly inside a folder are proce
 left alone). Outputs: with one input file, -o names the output file (its suffix sets the format) or a
 folder; with several inputs or a folder, -o is a folder, created if needed, and each result keeps its
 input's name. Without -o, results go next to each input as NAME-{tag}.EXT (a folder input gets a
-sibling folder FOLDER-{tag}). An input is never overwritten; an existing output is kept unless
+sibling folder FOLDER-{tag}). An input is never overwritten: a run in which an output would be
+one of its inputs is refused before anything is written. An existing output is kept unless
 --overwrite is given. Files are written under a temporary name and renamed when complete, so Ctrl-C
 never leaves a half-written file. 16-bit PNGs stay 16-bit when the output is PNG.
 
@@ -77,10 +79,11 @@ def _positive(kind: type[int] | type[float]) -> Callable[[str], float]:
     return parse
 
 
-def _megapixels(text: str) -> float:
+def megapixels(text: str) -> float:
+    """An image size limit in megapixels: a finite number, 0 or more (also `serve`'s option)."""
     value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is negative")
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a number of megapixels (0 or more)")
     return value
 
 
@@ -146,7 +149,7 @@ def _add_job_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-megapixels",
-        type=_megapixels,
+        type=megapixels,
         default=DEFAULT_MAX_PIXELS / 1e6,
         metavar="MP",
         help=f"refuse larger images, a guard against decompression bombs "
@@ -270,7 +273,14 @@ def _is_folder_name(path: Path) -> bool:
 
 
 def plan_outputs(inputs: list[Path], output: Path | None, tag: str, fmt: str | None) -> list[Job]:
-    """Pair each input image with its output path, following the rules in the --help epilog."""
+    """Pair each input image with its output path, following the rules in the --help epilog; an
+    output that is an input of the same run is refused before anything is written."""
+    jobs = _pair(inputs, output, tag, fmt)
+    _refuse_inputs_as_outputs(jobs)
+    return jobs
+
+
+def _pair(inputs: list[Path], output: Path | None, tag: str, fmt: str | None) -> list[Job]:
     for source in inputs:
         if not source.exists():
             raise UsageError(f"{source}: no such file or folder")
@@ -299,6 +309,29 @@ def plan_outputs(inputs: list[Path], output: Path | None, tag: str, fmt: str | N
     if not jobs:
         raise UsageError("no images found in the given folders")
     return jobs
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of an existing file: the same file under another name or a hard link."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _refuse_inputs_as_outputs(jobs: list[Job]) -> None:
+    """Refuse, before anything is written, an output that is an input of the same run (by resolved
+    path or by inode), --overwrite or not: writing it would destroy an image not yet read."""
+    inputs = {job.source.resolve(): job.source for job in jobs}
+    inputs.update({_file_id(job.source): job.source for job in jobs})
+    for job in jobs:
+        source = inputs.get(job.target.resolve()) or inputs.get(_file_id(job.target) or ())
+        if source is not None:
+            raise UsageError(
+                f"{job.target}: the output for {job.source.name} would overwrite the input "
+                f"{source}; choose another -o or output folder"
+            )
 
 
 # ---------------------------------------------------------------- progress on stderr
@@ -445,8 +478,6 @@ def _process_one(
 ) -> None:
     """Load, transform and save one image; raises ImageError or EngineError for this image only."""
     source, target = job.source, job.target
-    if target.resolve() == source.resolve():
-        raise ImageError(f"{source.name}: the output would overwrite the input; choose another -o")
     if target.resolve() in written:
         raise ImageError(f"{source.name}: another input was already written to {target}")
     if target.exists() and not args.overwrite:
@@ -514,11 +545,11 @@ def _default_upscaler() -> str:
 
 def cmd_styles(args: argparse.Namespace) -> int:
     """Print a table of installed models."""
-    from core.registry import list_models, user_models_dir
+    from core.registry import scan_models, user_models_dir
 
-    models = list_models(args.kind)
+    models, broken = scan_models(args.kind)
     if not models:
-        print("No models installed.")
+        print("No usable models installed." if broken else "No models installed.")
     else:
         rows = [("NAME", "DISPLAY NAME", "KIND", "WIDTH", "INT8", "DESCRIPTION")]
         for m in models:
@@ -538,6 +569,8 @@ def cmd_styles(args: argparse.Namespace) -> int:
                 "\nINT8 no: runs in fp32 on CPUs, ~2x slower; `python -m trainer calibrate NAME` "
                 "adds the calibration."
             )
+    for bad in broken:
+        print(f"\nBROKEN {bad.path}: {bad.reason}")
     print(f"\nYour own models go in {user_models_dir()} (the trainer saves them there).")
     return EXIT_OK
 

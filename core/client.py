@@ -23,10 +23,12 @@ from core.connection import (
     API,
     PROTOCOL,
     ConnectionInfo,
+    UntrustedConnectionError,
     log_path,
     pid_alive,
     probe,
     read_connection,
+    server_running,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -61,6 +63,14 @@ _GONE = (
     http.client.IncompleteRead,
     _ServerGone,
 )
+
+
+def _published() -> ConnectionInfo | None:
+    """The connection file's server, refusing one another user could have planted."""
+    try:
+        return read_connection()
+    except UntrustedConnectionError as e:
+        raise ImpastoError(str(e), "untrusted_connection") from None
 
 
 class Client:
@@ -122,7 +132,7 @@ class Client:
             "preserve_colors": int(bool(preserve_colors)),
             "scale": scale,
         }
-        return self._job("stylize", params, pixels, progress, cancel, queued)[0]
+        return self._job("stylize", params, pixels, progress, cancel, queued, 1)[0]
 
     def upscale(
         self,
@@ -137,11 +147,11 @@ class Client:
     ) -> tuple[bytes, int, int]:
         """Upscale 8-bit interleaved pixels x4; returns (pixels, new width, new height)."""
         params = {"model": model, "width": width, "height": height, "channels": channels}
-        return self._job("upscale", params, pixels, progress, cancel, queued)
+        return self._job("upscale", params, pixels, progress, cancel, queued, 4)
 
     def shutdown(self) -> None:
         """Ask a running server to exit (cancelling its jobs); nothing happens if none runs."""
-        info = read_connection()
+        info = _published()
         if info is not None and probe(info, self.timeout):
             self._ask_to_exit(info)
         self._info = None
@@ -153,8 +163,10 @@ class Client:
         if self._info is not None and not fresh:
             return self._info
         self._info = None
-        info = read_connection()
+        info = _published()
         health = probe(info, self.timeout) if info else None
+        if info and not health and server_running():
+            health = self._wait_for_answer(info)
         if info and health and health.get("protocol") != PROTOCOL:
             if not self.autostart:
                 raise ImpastoError(
@@ -174,6 +186,22 @@ class Client:
                 f"`{self.python} -m core serve` in {self.repo}"
             )
         return self._info
+
+    def _wait_for_answer(self, info: ConnectionInfo) -> dict | None:
+        """A server is alive (it holds its lock) but did not answer: it is busy, so wait for it
+        rather than start a second one; None once it is gone (then one may be started)."""
+        deadline = time.monotonic() + self.timeout
+        while server_running():
+            health = probe(info, self.timeout)
+            if health:
+                return health
+            if time.monotonic() > deadline:
+                raise ImpastoError(
+                    f"the Impasto server (pid {info.pid}) is running but does not answer: it may "
+                    "be overloaded; try again in a moment, or stop that process"
+                )
+            time.sleep(0.2)
+        return None
 
     def _start(self) -> ConnectionInfo:
         """Start `python -m core serve` detached, logging to the user log folder; wait until it answers."""
@@ -207,7 +235,7 @@ class Client:
         threading.Thread(target=process.wait, daemon=True).start()  # reaps it when it exits
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
-            info = read_connection()
+            info = _published()
             if info is not None and probe(info, self.timeout):
                 return info
             if process.poll() is not None and not pid_alive(info.pid if info else -1):
@@ -289,7 +317,9 @@ class Client:
         progress: Callable[[float], None] | None,
         cancel: threading.Event | None,
         queued: Callable[[int], None] | None,
+        scale: int,
     ) -> tuple[bytes, int, int]:
+        """Send a job and return its result, checked to have the size this request must give."""
         path = f"{API}/{op}?{urlencode(params)}"
 
         def send(info: ConnectionInfo) -> tuple[bytes, int, int]:
@@ -299,7 +329,16 @@ class Client:
             finally:
                 conn.close()  # also how a cancel reaches the server: it stops the job within a tile
 
-        return self._retrying(send, cancel)
+        data, width, height = self._retrying(send, cancel)
+        expected = (params["width"] * scale, params["height"] * scale)
+        if (width, height) != expected or len(data) != width * height * params["channels"]:
+            raise ImpastoError(
+                f"the Impasto server sent a {width}x{height} result of {len(data)} bytes for a "
+                f"{expected[0]}x{expected[1]} image with {params['channels']} channels: it is "
+                "not a working Impasto server; stop it and try again",
+                "bad_result",
+            )
+        return data, width, height
 
     def _stream(
         self,

@@ -8,14 +8,18 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import stat
 import sys
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 PROTOCOL = 1  # major version of docs/protocol.md; a server speaking another one is replaced
 API = f"/v{PROTOCOL}"
 CONNECTION_FILE = "server.json"
+LOCK_FILE = "server.lock"  # locked by the running server for its whole life
+MAX_CONNECTION_BYTES = 4096  # a real connection file is about 150 bytes
 CONFIG_ENV = "IMPASTO_CONFIG_DIR"
 LOG_ENV = "IMPASTO_LOG_DIR"
 
@@ -76,12 +80,66 @@ def connection_path() -> Path:
     return config_dir() / CONNECTION_FILE
 
 
-def read_connection() -> ConnectionInfo | None:
-    """The published connection, or None if there is no readable connection file."""
+class UntrustedConnectionError(Exception):
+    """The connection file or its folder could have been planted by another user."""
+
+
+def _check_private(path: Path, st: os.stat_result, what: str) -> None:
+    """Refuse a file or folder that another user owns or may write (POSIX: uid and mode bits)."""
+    if sys.platform == "win32":
+        return  # per-user %APPDATA% with its own ACLs; no uid or mode bits to check
+    if st.st_uid != os.getuid():
+        raise UntrustedConnectionError(
+            f"the Impasto {what} {path} belongs to another user, who could send your images to "
+            "their own program: remove it, or set IMPASTO_CONFIG_DIR to a folder of your own"
+        )
+    if st.st_mode & 0o022:
+        raise UntrustedConnectionError(
+            f"the Impasto {what} {path} can be changed by other users (mode "
+            f"{stat.S_IMODE(st.st_mode):o}), who could send your images to their own program: "
+            f"run `chmod go-w {path}`"
+        )
+
+
+def check_config_dir() -> None:
+    """Refuse a config folder that another user owns or may write (nothing to check if absent)."""
+    folder = config_dir()
     try:
-        return _parse_connection(connection_path().read_bytes())
-    except OSError:
-        return None
+        st = os.stat(folder)
+    except FileNotFoundError:
+        return
+    _check_private(folder, st, "config folder")
+
+
+def load_connection() -> tuple[ConnectionInfo | None, str]:
+    """The published connection and "", or None and why there is none usable ("" if no file).
+
+    Only a small regular file of ours is read: a FIFO, device, symlink or huge file is stale, never
+    opened for reading. UntrustedConnectionError if the file or folder is not private to the user.
+    """
+    check_config_dir()
+    path = connection_path()
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        return None, ""
+    except OSError as e:  # ELOOP: a symbolic link
+        return None, f"it cannot be opened safely ({e.strerror})"
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None, "it is not a regular file"
+        _check_private(path, st, "connection file")
+        if st.st_size > MAX_CONNECTION_BYTES:
+            return None, f"it is {st.st_size} bytes, too large for a connection file"
+        info = _parse_connection(f.read(MAX_CONNECTION_BYTES))
+    return (info, "") if info else (None, "it is empty or not a connection file")
+
+
+def read_connection() -> ConnectionInfo | None:
+    """The published connection, or None if there is no usable connection file."""
+    return load_connection()[0]
 
 
 def _parse_connection(text: bytes) -> ConnectionInfo | None:
@@ -99,42 +157,117 @@ def _parse_connection(text: bytes) -> ConnectionInfo | None:
         return None
 
 
-def publish_connection(info: ConnectionInfo) -> bool:
-    """Create the connection file (mode 0600) unless one exists; False if another one is there.
+def publish_connection(info: ConnectionInfo) -> None:
+    """Write the connection file (mode 0600), complete on disk before it appears under its name.
 
-    Creation is atomic (a hard link of a complete file), so of two servers started at once only one
-    publishes and readers never see a half-written file.
+    Only the holder of the ServerLock calls this, so replacing whatever is there (stale) is safe.
     """
     folder = config_dir()
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".server-", suffix=".tmp")  # mkstemp: mode 0600
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(asdict(info), f)
-        try:
-            os.link(tmp, connection_path())
-        except FileExistsError:
-            return False
-        except OSError:  # a file system without hard links: last writer wins
-            os.replace(tmp, connection_path())
-        return True
+            f.flush()
+            os.fsync(f.fileno())  # a crash right after the rename must not leave an empty file
+        os.replace(tmp, connection_path())
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
 def withdraw_connection(pid: int) -> None:
-    """Remove the connection file if it belongs to the server with this pid (or is unreadable)."""
-    path = connection_path()
+    """Remove the connection file if it belongs to the server with this pid (or is unusable).
+
+    Only the holder of the ServerLock calls this: a live server's file is never removed by another.
+    """
     try:
-        with open(path, "rb") as f:
-            inode = os.fstat(f.fileno()).st_ino
-            info = _parse_connection(f.read())
-        # Another server may have replaced the file since: only remove the one that was read.
-        if (info is None or info.pid == pid) and os.stat(path).st_ino == inode:
-            path.unlink()
-    except FileNotFoundError:
-        pass
+        info, _ = load_connection()
+    except UntrustedConnectionError:
+        return  # someone else's file now: not ours to remove
+    if info is None or info.pid == pid:
+        try:
+            connection_path().unlink()
+        except FileNotFoundError:
+            pass
+
+
+class ServerLock:
+    """An exclusive lock on ``server.lock`` in the config folder, held by the running server for
+    its whole life: the operating system releases it when the process ends, however it ends, so
+    it says whether a server runs better than any request to a server that may be busy."""
+
+    def __init__(self) -> None:
+        check_config_dir()
+        folder = config_dir()
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+        self.path = folder / LOCK_FILE
+        self._fd = os.open(self.path, flags, 0o600)
+        if not stat.S_ISREG(os.fstat(self._fd).st_mode):
+            os.close(self._fd)
+            raise UntrustedConnectionError(f"{self.path} is not a regular file: remove it")
+        self.held = False
+
+    def acquire(self, wait: float = 1.0) -> bool:
+        """Take the lock (retrying for ``wait`` s: another process may be testing it); False if a
+        running server holds it."""
+        deadline = time.monotonic() + wait
+        while not _try_lock(self._fd):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        self.held = True
+        return True
+
+    def close(self) -> None:
+        """Release the lock (also done by the operating system when the process ends)."""
+        os.close(self._fd)
+        self.held = False
+
+
+def server_running() -> bool:
+    """Whether a server holds the lock, i.e. is alive, whether or not it answers right now."""
+    try:
+        check_config_dir()
+        fd = os.open(config_dir() / LOCK_FILE, os.O_RDWR | getattr(os, "O_NOFOLLOW", 0))
+    except (OSError, UntrustedConnectionError):
+        return False
+    try:
+        if not _try_lock(fd):
+            return True
+        _unlock(fd)
+        return False
+    finally:
+        os.close(fd)
+
+
+def _try_lock(fd: int) -> bool:
+    """Lock a whole file exclusively without waiting; False if another process holds it."""
+    try:
+        if sys.platform == "win32":
+            import msvcrt
+
+            os.lseek(fd, 0, os.SEEK_SET)
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+def _unlock(fd: int) -> None:
+    if sys.platform == "win32":
+        import msvcrt
+
+        os.lseek(fd, 0, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+    else:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 def pid_alive(pid: int) -> bool:

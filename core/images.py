@@ -77,14 +77,16 @@ def load_image(
         raise ImageError(f"{path}: no such file")
     try:
         # Pillow warns about oddities it works around (e.g. corrupt EXIF): not worth refusing for.
-        with _pillow_limit(max_pixels), warnings.catch_warnings(), _open(path, max_pixels) as im:
+        # Silenced before the file is opened: opening already parses the EXIF of a JPEG.
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            array = _read_png16(path, im, max_pixels)  # before EXIF, which may decode the image
-            if array is None:
-                array = _pixels(im, name, notes)
-            orientation = _orientation(im)
-            if getattr(im, "n_frames", 1) > 1 and im.format != "MPO":  # MPO: a camera's preview
-                notes.append(f"{name}: has {im.n_frames} frames; only the first is used")
+            with _pillow_limit(max_pixels), _open(path, max_pixels) as im:
+                array = _read_png16(path, im, max_pixels)  # before EXIF, which may decode the image
+                if array is None:
+                    array = _pixels(im, name, notes)
+                orientation = _orientation(im)
+                if getattr(im, "n_frames", 1) > 1 and im.format != "MPO":  # MPO: a camera's preview
+                    notes.append(f"{name}: has {im.n_frames} frames; only the first is used")
     except ImageError:
         raise
     except Image.DecompressionBombError:  # a frame or tile larger than the image declared

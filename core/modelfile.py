@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.networks import build_network
+from core.networks import build_network, check_options
 
 FORMAT = "impasto-model"
 FORMAT_VERSION = 1
@@ -110,30 +110,62 @@ def _read(path: Path) -> dict[str, Any]:
         ) from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise ModelFileError(f"{path.name} is not an Impasto model file")
-    if blob.get("version", 0) > FORMAT_VERSION:
-        raise ModelFileError(f"{path.name} needs a newer Impasto (format {blob['version']})")
+    version = blob.get("version", 0)
+    if not isinstance(version, int):
+        raise ModelFileError(f"{path.name} is not an Impasto model file (bad format version)")
+    if version > FORMAT_VERSION:
+        raise ModelFileError(f"{path.name} needs a newer Impasto (format {version})")
     return blob
 
 
-def _info(path: Path, meta: dict[str, Any]) -> ModelInfo:
-    known = {k: meta[k] for k in ModelInfo.__dataclass_fields__ if k in meta and k != "path"}
+# The type each metadata field must have; anything else is a broken (or hostile) file.
+_FIELD_TYPES = {
+    "name": str,
+    "kind": str,
+    "arch": str,
+    "options": dict,
+    "display_name": str,
+    "description": str,
+    "training": dict,
+    "credit": str,
+    "int8_ranges": list,
+}
+
+
+def _info(path: Path, meta: Any) -> ModelInfo:
+    """The checked metadata: every field of the right type, a known kind and a buildable network."""
+    broken = f"{path.name} has broken metadata"
+    if not isinstance(meta, dict):
+        raise ModelFileError(f"{broken} (no metadata table): re-download or retrain it")
+    known = {k: meta[k] for k in _FIELD_TYPES if k in meta}
+    for key, value in known.items():
+        if not isinstance(value, _FIELD_TYPES[key]):
+            raise ModelFileError(
+                f"{broken} ({key} is a {type(value).__name__}, not a {_FIELD_TYPES[key].__name__})"
+            )
     try:
-        return ModelInfo(**known, path=path)
+        info = ModelInfo(**known, path=path)
     except TypeError as e:
         raise ModelFileError(f"{path.name} has incomplete metadata: {e}") from None
+    if info.kind not in ("style", "sr"):
+        raise ModelFileError(f"{broken} (unknown kind {info.kind[:40]!r}, not 'style' or 'sr')")
+    problem = check_options(info.arch, info.options)
+    if problem:
+        raise ModelFileError(f"{broken} ({problem})")
+    return info
 
 
 def read_info(path: str | Path) -> ModelInfo:
     """Read only the metadata of a model file."""
     path = Path(path)
-    return _info(path, _read(path)["meta"])
+    return _info(path, _read(path).get("meta"))
 
 
 def load_model(path: str | Path) -> tuple[nn.Module, ModelInfo]:
     """Load a model file into an fp32 network in eval mode."""
     path = Path(path)
     blob = _read(path)
-    info = _info(path, blob["meta"])
+    info = _info(path, blob.get("meta"))
     try:
         net = build_network(info.arch, **info.options)
         net.load_state_dict({k: v.float() for k, v in blob["state_dict"].items()})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import platformdirs
@@ -28,23 +29,36 @@ def model_dirs() -> list[Path]:
     return [user_models_dir(), SHIPPED_DIR]
 
 
-def list_models(kind: str | None = None) -> list[ModelInfo]:
-    """Installed models sorted by name, optionally only one kind ("style" or "sr").
+@dataclass
+class BrokenModel:
+    """An installed model file that cannot be used, and why."""
 
-    Unreadable files are skipped here (they surface with a clear error when asked for by name).
-    """
+    path: Path
+    reason: str
+
+
+def scan_models(kind: str | None = None) -> tuple[list[ModelInfo], list[BrokenModel]]:
+    """Installed models sorted by name (optionally one kind, "style" or "sr"), and the files that
+    cannot be read: one broken file never hides the others."""
     found: dict[str, ModelInfo] = {}
+    broken: dict[str, BrokenModel] = {}
     for folder in model_dirs():
         for path in sorted(folder.glob(f"*{SUFFIX}")) if folder.is_dir() else []:
-            if path.stem in found:
+            if path.stem in found or path.stem in broken:
                 continue
             try:
                 info = read_info(path)
-            except ModelFileError:
+            except (ModelFileError, OSError) as e:
+                broken[path.stem] = BrokenModel(path, str(e))
                 continue
             if kind is None or info.kind == kind:
                 found[path.stem] = info
-    return sorted(found.values(), key=lambda m: m.name)
+    return sorted(found.values(), key=lambda m: m.name), list(broken.values())
+
+
+def list_models(kind: str | None = None) -> list[ModelInfo]:
+    """Installed models sorted by name, optionally only one kind; unreadable files are left out."""
+    return scan_models(kind)[0]
 
 
 def find_model(name: str, kind: str | None = None) -> Path:

@@ -7,11 +7,11 @@ imported when the server runs, so building the command-line parser stays fast.
 from __future__ import annotations
 
 import argparse
+import io
 import ipaddress
 import itertools
 import json
 import logging
-import math
 import os
 import re
 import secrets
@@ -27,43 +27,44 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
 
 import core
 from core.connection import (
     API,
     PROTOCOL,
     ConnectionInfo,
+    ServerLock,
+    UntrustedConnectionError,
     connection_path,
-    probe,
+    load_connection,
     publish_connection,
     read_connection,
     withdraw_connection,
+)
+from core.gate import DeadlineReader, HeadGate, raw_answer
+from core.requests import (
+    MODEL_NAME,
+    OPERATIONS,
+    SAMPLE_TYPES,
+    RequestError,
+    authenticate,
+    digits,
+    route,
 )
 
 log = logging.getLogger("impasto.server")
 
 DEFAULT_IDLE_TIMEOUT = 1800.0  # seconds without requests or jobs before the server exits
 DEFAULT_MAX_MEGAPIXELS = 100.0  # largest image a job may read or write
-DEFAULT_CLIENT_TIMEOUT = 10.0  # seconds a client may stay silent in the middle of a request
+DEFAULT_CLIENT_TIMEOUT = 10.0  # seconds for a request head to arrive; of silence mid-body
 MAX_QUEUE = 16  # jobs waiting or running; more are refused with 503
-MAX_CONNECTIONS = 64  # open connections; bounds the threads a flood of clients can hold
-MAX_DIMENSION = 65535
+MAX_CONNECTIONS = 64  # connections past their head (handler threads); others wait in core.gate
+MIN_BODY_RATE = 1 << 20  # bytes/s: a body of N bytes gets --client-timeout + N / this to arrive
+MAX_UPLOADS = 2 << 30  # bytes of bodies received at once (a 100 MP RGBA f32 image is 1.6 GB)
 HEARTBEAT = 0.5  # seconds between status events, so clients can cancel and detect a dead server
 DRAIN_LIMIT = 64 << 20  # unread body bytes swallowed before an error, so the client sees the error
-MODEL_NAME = re.compile(r"\w[\w .+-]{0,127}")  # fullmatch: no trailing newline
-SAMPLE_TYPES = {"u8": ("uint8", 1), "u16": ("<u2", 2), "f32": ("<f4", 4)}
 FINISHED = ("done", "failed", "cancelled")
-OPERATIONS = {"stylize": "style", "upscale": "sr"}  # operation -> model kind it needs
-
-
-class RequestError(Exception):
-    """A request the server refuses: HTTP status, machine-readable code, message for the user."""
-
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None):
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-        self.headers = headers or {}
+BUSY_ANSWER = raw_answer(503, "busy", "too many connections; retry in a moment")
 
 
 @dataclass
@@ -224,40 +225,42 @@ class JobQueue:
         return "done", np.ascontiguousarray(result, dtype=dtype), None
 
 
-def _whole_number(params: dict[str, str], name: str, low: int, high: int) -> int:
-    value = params.get(name)
-    if value is None:
-        raise RequestError(400, "bad_request", f"missing parameter {name!r}")
-    if not (value.isascii() and value.isdigit()) or not low <= int(value) <= high:
-        raise RequestError(
-            400, "bad_request", f"{name} must be a whole number from {low} to {high}, not {value!r}"
-        )
-    return int(value)
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(32), 127]}  # how control characters go to the log
 
 
-def _number(params: dict[str, str], name: str, default: float, low: float, high: float) -> float:
-    try:
-        value = float(params.get(name, default))
-    except ValueError:
-        value = math.nan
-    if not low <= value <= high:  # also false for nan
-        raise RequestError(
-            400,
-            "bad_request",
-            f"{name} must be a number from {low:g} to {high:g}, not {params[name]!r}",
-        )
-    return value
+def printable(text: str) -> str:
+    """``text`` with control characters escaped: what a stranger sends must not forge log lines."""
+    return text.translate(_CONTROL)
 
 
-def _flag(params: dict[str, str], name: str) -> bool:
-    value = params.get(name, "0").lower()
-    if value not in ("0", "1", "true", "false"):
-        raise RequestError(400, "bad_request", f"{name} must be 0 or 1, not {value!r}")
-    return value in ("1", "true")
+class UploadBudget:
+    """Bytes of request bodies being received at once, bounded so a few slow uploads cannot
+    exhaust memory; a body is reserved before its first byte is read (refused with 503 past it)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.used = limit, 0
+        self._lock = threading.Lock()
+
+    def reserve(self, size: int) -> int:
+        with self._lock:
+            if self.used + size > self.limit:
+                raise RequestError(
+                    503,
+                    "busy",
+                    f"the Impasto server is receiving {self.used >> 20} MiB of other images; "
+                    "retry when they are in",
+                )
+            self.used += size
+        return size
+
+    def release(self, size: int) -> None:
+        with self._lock:
+            self.used -= size
 
 
 class Handler(BaseHTTPRequestHandler):
-    """One connection, one request: checks who is asking, then routes; every refusal is JSON."""
+    """One connection, one request: HTTP parsing and answers; the checks are core.requests', the
+    job's body and stream JobIO's. Every refusal is JSON."""
 
     server: ImpastoHTTPServer
     protocol_version = "HTTP/1.1"  # for Expect: 100-continue; every response still closes
@@ -266,15 +269,30 @@ class Handler(BaseHTTPRequestHandler):
     error_content_type = "application/json"
     _checked: tuple[str, Any] | None = None  # the routed request, once checked
     _body_read = False
+    _reserved = 0  # bytes of the upload budget this request holds
+    _authenticated = False
 
-    # -- plumbing ---------------------------------------------------------------------------------
+    def __init__(self, request: socket.socket, address: Any, server: Any, head: bytes) -> None:
+        self._head = head  # what the gate already read: the request head, maybe more
+        super().__init__(request, address, server)
 
     def setup(self) -> None:
-        self.timeout = self.server.client_timeout
         super().setup()
+        self.reader = DeadlineReader(self.connection, self._head, self.server.client_timeout)
+        self.reader.deadline = time.monotonic() + self.server.client_timeout  # rest of the head
+        self.rfile = io.BufferedReader(self.reader)
+
+    def finish(self) -> None:
+        self.release_upload()
+        super().finish()
+
+    def release_upload(self) -> None:
+        """Give back this request's share of the upload budget (once its body is in, or at the end)."""
+        self.server.uploads.release(self._reserved)
+        self._reserved = 0
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
-        log.info("%s %s", self.address_string(), format % args)
+        log.info("%s %s", self.address_string(), printable(format % args))
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """The base class's refusals (bad syntax, unknown method, huge headers) in JSON, as 4xx."""
@@ -288,12 +306,13 @@ class Handler(BaseHTTPRequestHandler):
         self._discard_body()
         body = json.dumps(payload, default=str).encode()
         headers = {"Content-Type": "application/json", **(extra or {})}
-        self._send_head(status, {**headers, "Content-Length": str(len(body))})
+        self.send_head(status, {**headers, "Content-Length": str(len(body))})
         self.wfile.write(body)
 
-    def _send_head(self, status: int, headers: dict[str, str]) -> None:
+    def send_head(self, status: int, headers: dict[str, str]) -> None:
         """Status line and headers of the one response on this connection, which then closes."""
         self.close_connection = True
+        self.connection.settimeout(self.server.client_timeout)  # a reader that stops is dropped
         self.send_response(status)
         for key, value in {**headers, "Cache-Control": "no-store", "Connection": "close"}.items():
             self.send_header(key, value)
@@ -305,140 +324,37 @@ class Handler(BaseHTTPRequestHandler):
         )
 
     def _discard_body(self) -> None:
-        """Swallow a small unread body so the client can read our answer instead of a reset."""
-        if self._body_read or getattr(self, "headers", None) is None:  # no headers: unparsable
+        """Swallow a small unread body so the client can read our answer instead of a reset.
+
+        Only for callers with the token: a stranger's body would hold a handler thread meanwhile.
+        """
+        if self._body_read or not self._authenticated:
             return
         self._body_read = True
         if self.headers.get("Expect", "").lower() == "100-continue":
             return  # the client waits for our answer before sending the body
+        remaining = min(digits(self.headers.get("Content-Length", "0")) or 0, DRAIN_LIMIT)
+        self.reader.deadline = time.monotonic() + self.server.client_timeout
         try:
-            remaining = min(int(self.headers.get("Content-Length", 0)), DRAIN_LIMIT)
             while remaining > 0:
-                chunk = self.rfile.read(min(remaining, 1 << 20))
+                chunk = self.rfile.read1(min(remaining, 1 << 20))
                 if not chunk:
                     break
                 remaining -= len(chunk)
-        except (ValueError, OSError):
+        except OSError:
             pass
 
-    # -- checks before anything else happens --------------------------------------------------------
-
-    def _check_caller(self) -> None:
-        """Refuse web pages (Origin, foreign Host: DNS rebinding) and callers without the token."""
-        if "Origin" in self.headers:
-            raise RequestError(403, "forbidden", "requests from web pages are refused")
-        hosts = self.headers.get_all("Host") or []
-        if len(hosts) != 1 or not self.server.host_allowed(hosts[0]):
-            raise RequestError(403, "forbidden", f"Host {hosts[0] if hosts else ''!r} is refused")
-        auth = self.headers.get("Authorization", "")
-        expected = f"Bearer {self.server.token}"
-        if not secrets.compare_digest(auth.encode(), expected.encode()):
-            what = "wrong" if auth else "missing"
-            raise RequestError(
-                401,
-                "unauthorized",
-                f"{what} token: read it from the connection file {connection_path()}",
-            )
-
     def _route(self) -> tuple[str, Any]:
-        """Check the caller, the endpoint and, for jobs, every parameter; memoised per request."""
+        """Authenticate, then route and check every parameter; memoised per request."""
         if self._checked is None:
-            self._check_caller()
+            authenticate(self.headers, self.server)
+            self._authenticated = True
             self.server.jobs.last_activity = time.monotonic()
-            if not self.path.startswith("/"):
-                raise RequestError(400, "bad_request", "the request target must be a path")
-            url = urlsplit(self.path)
-            route = url.path.rstrip("/") or "/"
-            methods = {
-                "/health": "GET",
-                "/shutdown": "POST",
-                f"{API}/models": "GET",
-                f"{API}/jobs": "GET",
-                **{f"{API}/{op}": "POST" for op in OPERATIONS},
-            }
-            if route not in methods:
-                raise RequestError(404, "not_found", f"no endpoint {route!r}; see docs/protocol.md")
-            if self.command != methods[route]:
-                allow = {"Allow": methods[route]}
-                raise RequestError(
-                    405, "method_not_allowed", f"{route} takes {methods[route]}", allow
-                )
-            params = self._params(url.query)
-            op = route.rsplit("/", 1)[1]
-            self._checked = (op, self._job_request(op, params) if op in OPERATIONS else params)
+            op, request = route(self.command, self.path, self.headers, self.server)
+            if op in OPERATIONS:
+                self._reserved = self.server.uploads.reserve(request["bytes"])
+            self._checked = op, request
         return self._checked
-
-    def _params(self, query: str) -> dict[str, str]:
-        try:
-            pairs = parse_qsl(
-                query, keep_blank_values=True, strict_parsing=bool(query), max_num_fields=20
-            )
-        except ValueError as e:
-            raise RequestError(400, "bad_request", f"malformed query string: {e}") from None
-        params = dict(pairs)
-        if len(params) != len(pairs):
-            raise RequestError(400, "bad_request", "a parameter is given twice")
-        return params
-
-    def _job_request(self, op: str, params: dict[str, str]) -> dict[str, Any]:
-        """Validate a stylize/upscale request from its URL and headers, before its body is read."""
-        allowed = {"model", "width", "height", "channels", "dtype"}
-        if op == "stylize":
-            allowed |= {"strength", "preserve_colors", "scale"}
-        unknown = sorted(set(params) - allowed)
-        if unknown:
-            raise RequestError(400, "bad_request", f"unknown parameter {unknown[0]!r} for {op}")
-        from core.engine import MIN_SIDE, SCALE_RANGE
-
-        width = _whole_number(params, "width", MIN_SIDE, MAX_DIMENSION)
-        height = _whole_number(params, "height", MIN_SIDE, MAX_DIMENSION)
-        channels = _whole_number(params, "channels", 1, 4)
-        dtype = params.get("dtype", "u8")
-        if dtype not in SAMPLE_TYPES:
-            raise RequestError(
-                400, "bad_request", f"dtype must be one of {', '.join(SAMPLE_TYPES)}"
-            )
-        factor = 16 if op == "upscale" else 1
-        megapixels = width * height * factor / 1e6
-        if megapixels > self.server.max_megapixels:
-            what = "the result would be" if op == "upscale" else "the image is"
-            raise RequestError(
-                413,
-                "too_large",
-                f"{what} {megapixels:.1f} megapixels, above this server's limit of "
-                f"{self.server.max_megapixels:g}: use a smaller image or selection, or start the "
-                "server with a larger --max-megapixels",
-            )
-        expected = width * height * channels * SAMPLE_TYPES[dtype][1]
-        lengths = self.headers.get_all("Content-Length") or []
-        if "Transfer-Encoding" in self.headers or len(lengths) != 1:
-            raise RequestError(
-                411, "length_required", "send the pixels with one Content-Length header"
-            )
-        length = lengths[0]
-        if not (length.isascii() and length.isdigit()) or int(length) != expected:
-            raise RequestError(
-                400,
-                "bad_length",
-                f"{width}x{height}x{channels} {dtype} pixels are {expected} bytes, "
-                f"but Content-Length is {length!r}",
-            )
-        options: dict[str, Any] = {}
-        if op == "stylize":
-            options = {
-                "strength": _number(params, "strength", 1.0, 0.0, 1.0),
-                "preserve_colors": _flag(params, "preserve_colors"),
-                "scale": _number(params, "scale", 1.0, *SCALE_RANGE),
-            }
-        name = params.get("model", "")
-        return {
-            "name": name,
-            "path": self.server.model_path(name, OPERATIONS[op]),
-            "shape": (height, width, channels),
-            "dtype": dtype,
-            "bytes": expected,
-            "options": options,
-        }
 
     def handle_expect_100(self) -> bool:
         """Refuse a bad job before the client sends its pixels (it waits for our answer)."""
@@ -452,8 +368,6 @@ class Handler(BaseHTTPRequestHandler):
             return False
         return super().handle_expect_100()
 
-    # -- endpoints ------------------------------------------------------------------------------------
-
     def do_GET(self) -> None:
         self._dispatch()
 
@@ -466,51 +380,42 @@ class Handler(BaseHTTPRequestHandler):
             if op == "health":
                 self._send_json(200, self.server.health())
             elif op == "models":
-                self._send_json(200, {"models": self.server.models(request.get("kind"))})
+                self._send_json(200, self.server.models(request.get("kind")))
             elif op == "jobs":
                 self._send_json(200, {"jobs": self.server.jobs.snapshot()})
             elif op == "shutdown":
                 self._send_json(200, {"status": "shutting down"})
                 self.server.stop("shutdown requested")
             else:
-                self._run_job(op, request)
+                JobIO(self).run(op, request)
         except RequestError as e:
             self._refuse(e)
-        except ConnectionError:
-            self.close_connection = True  # the client went away: nobody to answer
         except Exception:  # noqa: BLE001 - a bug must answer 500, not drop the connection silently
+            if isinstance(sys.exc_info()[1], OSError):
+                raise  # the client went away or stalled: ImpastoHTTPServer.handle_error says so
             self._internal_error()
 
     def _internal_error(self) -> None:
         log.exception("request %r failed", self.requestline)
         error = sys.exc_info()[1]
         message = f"internal error in the Impasto server: {type(error).__name__}: {error}"
-        try:
-            self._send_json(500, {"error": "internal_error", "message": message})
-        except OSError:
-            pass
+        self._send_json(500, {"error": "internal_error", "message": message})
 
-    def _read_body(self, size: int) -> bytearray:
-        """The request body into a writable buffer (no copy on the way to numpy)."""
-        self._body_read = True
-        buffer = bytearray(size)
-        view, got = memoryview(buffer), 0
-        while got < size:
-            try:
-                n = self.rfile.readinto(view[got:])
-            except TimeoutError:
-                raise RequestError(
-                    408, "timeout", f"the pixels stopped arriving after {got} of {size} bytes"
-                ) from None
-            if not n:
-                raise RequestError(400, "bad_length", f"the body ended after {got} of {size} bytes")
-            got += n
-        return buffer
 
-    def _run_job(self, op: str, request: dict[str, Any]) -> None:
+class JobIO:
+    """A job's network side: its body in (under a deadline and the upload budget), its events and
+    result out, and noticing a client that leaves."""
+
+    def __init__(self, handler: Handler) -> None:
+        self.handler, self.server = handler, handler.server
+        self.sock: socket.socket = handler.connection
+        self._peer_done = False  # the client half-closed: only a failed write means it left
+
+    def run(self, op: str, request: dict[str, Any]) -> None:
         import numpy as np
 
         body = self._read_body(request["bytes"])
+        self.handler.release_upload()  # the queue bounds it from here
         dtype = SAMPLE_TYPES[request["dtype"]][0]
         image = np.frombuffer(body, dtype=dtype).reshape(request["shape"])
         job = Job(
@@ -530,9 +435,32 @@ class Handler(BaseHTTPRequestHandler):
                 log.info("job %s: client went away; cancelling", job.id)
                 self.server.jobs.withdraw(job)
 
+    def _read_body(self, size: int) -> bytearray:
+        """The body, into a buffer that grows with what arrived (a declared size costs nothing), by
+        a deadline scaled to its size that a trickle of bytes cannot move."""
+        self.handler._body_read = True
+        reader = self.handler.reader
+        reader.deadline = time.monotonic() + self.server.client_timeout + size / MIN_BODY_RATE
+        buffer = bytearray()
+        while len(buffer) < size:
+            try:
+                chunk = self.handler.rfile.read1(min(size - len(buffer), 1 << 20))
+            except TimeoutError:
+                raise RequestError(
+                    408,
+                    "timeout",
+                    f"the pixels stopped arriving after {len(buffer)} of {size} bytes",
+                ) from None
+            if not chunk:
+                raise RequestError(
+                    400, "bad_length", f"the body ended after {len(buffer)} of {size} bytes"
+                )
+            buffer += chunk
+        return buffer
+
     def _stream(self, job: Job, dtype: str) -> None:
         """Send status events until the job ends, then its result or error; stop if the client leaves."""
-        self._send_head(200, {"Content-Type": "application/x-impasto-stream"})
+        self.handler.send_head(200, {"Content-Type": "application/x-impasto-stream"})
         try:
             self._event({"event": "accepted", "job": job.id})
             last, sent_at = None, 0.0
@@ -543,24 +471,18 @@ class Handler(BaseHTTPRequestHandler):
                 if status != last or time.monotonic() - sent_at >= HEARTBEAT:
                     self._event({"event": "status", **status})
                     last, sent_at = status, time.monotonic()
-                if self._client_gone():
+                if self._client_gone(status):
                     return
                 self.server.jobs.wait(HEARTBEAT / 2)
             if job.state == "done":
                 result, job.result = job.result, None
                 h, w = result.shape[:2]
                 c = result.size // (h * w)
-                self._event(
-                    {
-                        "event": "result",
-                        "width": w,
-                        "height": h,
-                        "channels": c,
-                        "dtype": dtype,
-                        "bytes": result.nbytes,
-                    }
-                )
-                self.wfile.write(memoryview(result).cast("B"))
+                header = {"width": w, "height": h, "channels": c, "dtype": dtype}
+                self._event({"event": "result", **header, "bytes": result.nbytes})
+                # As long for the result as for a body of its size: a client that stops reading goes.
+                self.sock.settimeout(self.server.client_timeout + result.nbytes / MIN_BODY_RATE)
+                self.handler.wfile.write(memoryview(result).cast("B"))
             else:
                 code, message = job.error or ("cancelled", "the job was cancelled")
                 self._event({"event": "error", "error": code, "message": message})
@@ -568,21 +490,32 @@ class Handler(BaseHTTPRequestHandler):
             return
 
     def _event(self, event: dict[str, Any]) -> None:
-        self.wfile.write(json.dumps(event).encode() + b"\n")
+        self.handler.wfile.write(json.dumps(event).encode() + b"\n")
 
-    def _client_gone(self) -> bool:
-        """Whether the client closed its end (the request is fully read, so readable means closed)."""
+    def _client_gone(self, status: dict[str, Any]) -> bool:
+        """Whether the client left. The body is read, so the socket turns readable only at its end
+        of sending; a client that closed answers the next write with a reset, one that only
+        half-closed (shutdown SHUT_WR) still reads, and gets its result."""
+        if self._peer_done:
+            return False  # the heartbeat writes fail once it is gone
         try:
-            readable, _, _ = select.select([self.connection], [], [], 0)
-            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
+            readable, _, _ = select.select([self.sock], [], [], 0)
+            if not readable or self.sock.recv(1, socket.MSG_PEEK) != b"":
+                return False
+            self._event({"event": "status", **status})  # a closed peer answers this with a reset
+            time.sleep(0.02)
+            self.sock.recv(1, socket.MSG_PEEK)
         except OSError:
             return True
+        self._peer_done = True
+        return False
 
 
 class ImpastoHTTPServer(ThreadingHTTPServer):
     """The HTTP server plus what the handlers share: token, limits, job queue, model lookup."""
 
     daemon_threads = True
+    request_queue_size = 128  # accepted at once by the kernel: a flood must not drop real clients
 
     def __init__(self, address: tuple[str, int], jobs: JobQueue, args: argparse.Namespace) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
@@ -595,23 +528,49 @@ class ImpastoHTTPServer(ThreadingHTTPServer):
         self._lock = threading.Lock()
         self._model_kinds: dict[tuple[Path, int], str] = {}
         self._stopper: threading.Thread | None = None
+        self.uploads = UploadBudget(MAX_UPLOADS)
+        self.gate = HeadGate(self._handoff, deadline=args.client_timeout)
+        self._broken_seen: set[tuple[str, str]] = set()
         super().__init__(address, Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        """A new connection waits in the gate until its head has arrived (no thread meanwhile)."""
+        self.gate.add(request, client_address)
+
+    def _handoff(self, sock: socket.socket, address: Any, head: bytes) -> None:
+        """A connection whose head has arrived gets a handler thread, if one of MAX_CONNECTIONS is free."""
         with self._lock:
             full = self._connections >= MAX_CONNECTIONS
             self._connections += not full
         if full:
-            self.shutdown_request(request)
+            try:  # from the gate's thread: one small write a fresh socket's buffer takes whole
+                sock.setblocking(False)
+                sock.send(BUSY_ANSWER)
+            except OSError:
+                pass
+            self.shutdown_request(sock)
             return
-        super().process_request(request, client_address)
+        threading.Thread(
+            target=self._serve_connection, args=(sock, address, head), daemon=True
+        ).start()
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
+    def _serve_connection(self, sock: socket.socket, address: Any, head: bytes) -> None:
         try:
-            super().process_request_thread(request, client_address)
+            Handler(sock, address, self, head)
+        except Exception:  # noqa: BLE001 - reported by handle_error, the server carries on
+            self.handle_error(sock, address)
         finally:
+            self.shutdown_request(sock)
             with self._lock:
                 self._connections -= 1
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that left or stalled mid-answer is one quiet line; anything else a traceback."""
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            log.info("%s left before its answer was sent (%s)", client_address[0], error)
+        else:
+            log.exception("connection from %s failed", client_address[0])
 
     def host_allowed(self, host: str) -> bool:
         """Host header check against DNS rebinding: an IP literal (loopback if we bind loopback) or localhost."""
@@ -660,12 +619,21 @@ class ImpastoHTTPServer(ThreadingHTTPServer):
             )
         return path
 
-    def models(self, kind: str | None) -> list[dict[str, Any]]:
-        from core.registry import list_models
+    def models(self, kind: str | None) -> dict[str, Any]:
+        """GET /v1/models: the usable models, and each broken file with the reason (logged once)."""
+        from core.registry import scan_models
 
         if kind not in (None, "style", "sr"):
             raise RequestError(400, "bad_request", f"kind must be 'style' or 'sr', not {kind!r}")
-        return [info.to_dict() for info in list_models(kind)]
+        models, broken = scan_models(kind)
+        for bad in broken:
+            if (str(bad.path), bad.reason) not in self._broken_seen:
+                self._broken_seen.add((str(bad.path), bad.reason))
+                log.warning("model file %s is left out: %s", bad.path, bad.reason)
+        return {
+            "models": [info.to_dict() for info in models],
+            "broken": [{"file": bad.path.name, "error": bad.reason} for bad in broken],
+        }
 
     def health(self) -> dict[str, Any]:
         return {
@@ -715,6 +683,8 @@ def _watch_idle(server: ImpastoHTTPServer, idle_timeout: float) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `python -m core serve`."""
+    from core.cli import megapixels
+
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)"
     )
@@ -740,7 +710,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--max-megapixels",
-        type=float,
+        type=megapixels,
         default=DEFAULT_MAX_MEGAPIXELS,
         help=f"largest image a job may read or write (default: {DEFAULT_MAX_MEGAPIXELS:g})",
     )
@@ -748,7 +718,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--client-timeout",
         type=float,
         default=DEFAULT_CLIENT_TIMEOUT,
-        help=f"seconds a client may stay silent mid-request (default: {DEFAULT_CLIENT_TIMEOUT:g})",
+        help="seconds a request head may take to arrive, and a client may stay silent mid-body "
+        f"(default: {DEFAULT_CLIENT_TIMEOUT:g})",
     )
 
 
@@ -768,16 +739,24 @@ def run(args: argparse.Namespace) -> int:
         log.warning(
             "listening on %s: other machines can reach this server (token required)", args.host
         )
-    running = read_connection()
-    if running is not None:
-        if probe(running):
-            print(
-                f"an Impasto server is already running (pid {running.pid}, port {running.port})",
-                file=sys.stderr,
-            )
+    try:
+        lock = ServerLock()
+        if not lock.acquire():
+            running = read_connection()
+            where = f" (pid {running.pid}, port {running.port})" if running else ""
+            print(f"an Impasto server is already running{where}", file=sys.stderr)
             return 1
-        log.info("removing stale connection file (pid %d is gone)", running.pid)
-        withdraw_connection(running.pid)
+        # The lock is ours, so no other server is alive: whatever file is there is stale.
+        stale, why = load_connection()
+    except UntrustedConnectionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if stale is not None or why:
+        log.info(
+            "replacing the stale connection file %s (%s)",
+            connection_path(),
+            why or "its server is gone",
+        )
 
     from core.engine import Engine, EngineError
 
@@ -794,11 +773,7 @@ def run(args: argparse.Namespace) -> int:
     info = ConnectionInfo(
         host=connect_host, port=server.server_address[1], token=server.token, pid=os.getpid()
     )
-    if not publish_connection(info):
-        server.server_close()
-        jobs.stop()
-        print("another Impasto server started at the same time; using that one", file=sys.stderr)
-        return 1
+    publish_connection(info)
     previous = signal.signal(signal.SIGTERM, lambda *_: server.stop("SIGTERM"))
     if args.idle_timeout > 0:
         threading.Thread(target=_watch_idle, args=(server, args.idle_timeout), daemon=True).start()
@@ -820,7 +795,9 @@ def run(args: argparse.Namespace) -> int:
         jobs.stop()
         server.wait_for_handlers(timeout=2)
         server.server_close()
+        server.gate.close()
         withdraw_connection(info.pid)
+        lock.close()
         signal.signal(signal.SIGTERM, previous)
     log.info("server stopped")
     return 0

@@ -320,16 +320,27 @@ def test_existing_output_is_kept_unless_overwrite(models_dir, tmp_path, photo_fi
 
 
 def test_input_is_never_overwritten(models_dir, tmp_path, photo_file, capsys):
-    before = photo_file.read_bytes()
-    code, _, err = cli(
-        capsys, "stylize", str(photo_file), "-s", "tiny", "-o", str(photo_file), "--overwrite"
+    """An output that is any input of the same run is refused before anything is written, by
+    path, by a later input's default name, through a folder, a symlink or a hard link."""
+    other = tmp_path / f"{photo_file.stem}-tiny.png"  # the first input's default output name
+    other.write_bytes(photo_file.read_bytes())
+    (tmp_path / "link.png").symlink_to(photo_file)
+    os.link(photo_file, tmp_path / "hard.png")
+    files = {p: p.read_bytes() for p in (photo_file, other)}
+    for args in [
+        [str(photo_file), "-o", str(photo_file)],
+        [str(photo_file), str(other)],  # cat.png cat-tiny.png: the first result is the second input
+        [str(photo_file), str(tmp_path), "-o", str(tmp_path)],
+        [str(tmp_path), "-o", str(tmp_path)],
+        [str(photo_file), "-o", str(tmp_path / "link.png")],
+        [str(photo_file), "-o", str(tmp_path / "hard.png")],
+    ]:
+        code, _, err = cli(capsys, "stylize", *args, "-s", "tiny", "--overwrite")
+        assert code == 2 and "would overwrite the input" in one_error(err), args
+        assert {p: p.read_bytes() for p in files} == files, args
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [photo_file.name, other.name, "link.png", "hard.png", "models"]
     )
-    assert code == 1 and "would overwrite the input" in one_error(err)
-    code, _, err = cli(
-        capsys, "stylize", str(tmp_path), "-s", "tiny", "-o", str(tmp_path), "--overwrite"
-    )
-    assert code == 1 and "would overwrite the input" in one_error(err)
-    assert photo_file.read_bytes() == before
 
 
 def test_transparency_cannot_go_to_jpeg(models_dir, tmp_path, photo, capsys):
