@@ -6,9 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Channels of the first, second and third stage: the paper's width and half of it
-# (the original author's released instance-norm models).
-STYLE_WIDTHS = {"full": 32, "compact": 16}
+from core.netspec import STYLE_WIDTHS
 
 
 class InstanceNorm(nn.Module):
@@ -129,10 +127,6 @@ class SRNet(nn.Module):
         y = self.res(F.relu(self.conv_in(x)))
         y = F.relu(self.up2(F.relu(self.up1(y))))
         return base + self.conv_out(y)
-
-
-# Context a tile needs on each side (input pixels) for its centre to equal the whole-image result.
-SR_RECEPTIVE_RADIUS = 16
 
 
 def build_network(arch: str, **options: object) -> nn.Module:
