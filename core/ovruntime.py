@@ -69,7 +69,7 @@ class OpenVINORunner:
         self.core = ov.Core()
         self.model_precision = precision  # as prepared: "int8" is in the graph
         self.precision = {"bf16": "bf16", "fp16": "f16"}.get(precision, "f32")  # compile hint
-        self.forms = prepared.forms
+        self.prepared = prepared
         self.norms = prepared.norms
         self.channels = prepared.norms.shape[1]
         # Compiled requests by (form, input shape[, digest of the frozen form's constants]).
@@ -86,7 +86,7 @@ class OpenVINORunner:
         return self.compiled[key]
 
     def _compile(self, form: str, shape: tuple[int, ...], constants: np.ndarray | None = None):
-        model = self.forms[form].clone()
+        model = self.prepared.form(form, self.core).clone()
         model.reshape({0: list(shape)})  # the frozen form's (2, channels) input was traced as is
         if constants is not None:
             _as_constant(model, 1, constants)

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 CACHE_ENV = "IMPASTO_CACHE_DIR"
-# Part of every cache key: raise it when the traced graph changes for the same weights.
+# Part of every cache key: raise it when the traced graph (or an entry's layout) changes for the
+# same weights. 9: entries became folders with a manifest.
 GRAPH_VERSION = 9
 FORMS = ("whole", "stats", "frozen")
 MANIFEST = "manifest.json"
@@ -36,8 +37,16 @@ class Prepared:
     """A model's OpenVINO graphs by form, and its norms' (weight, bias, eps) as a (3, channels)
     array in the order of the packed statistics ((3, 0) without instance norm)."""
 
-    forms: dict[str, Any]  # openvino.Model
+    forms: dict[str, Any]  # openvino.Model by form name
     norms: np.ndarray
+    folder: Path | None = None  # the cache entry holding the forms not read yet
+
+    def form(self, name: str, core: Any) -> Any:
+        """The openvino.Model of form ``name``, read from the entry when first needed: reading
+        one takes 0.03-0.05 s, and an image that fits one tile needs only the whole form."""
+        if name not in self.forms:
+            self.forms[name] = core.read_model(self.folder / f"{name}.xml")
+        return self.forms[name]
 
 
 def cache_dir() -> Path:
@@ -52,7 +61,7 @@ def cache_dir() -> Path:
 
 def entry_dir(model_path: Path, precision: str) -> Path:
     """The cache folder of ``model_path`` prepared for ``precision``, named by its content."""
-    return cache_dir() / "openvino" / f"{model_path.stem}-{_key(model_path, precision)['id']}"
+    return _entry(model_path, precision)[0]
 
 
 def prepare(
@@ -63,12 +72,9 @@ def prepare(
 
     core.convert's errors (CalibrationError for bad int8 ranges) pass through.
     """
-    import openvino as ov
 
-    core = ov.Core()
-    key = _key(model_path, precision)
-    folder = cache_dir() / "openvino" / f"{model_path.stem}-{key['id']}"
-    cached = _load(core, folder, key)
+    folder, key = _entry(model_path, precision)
+    cached = _load(folder, key)
     if cached is not None:
         return cached
     if notify is not None:
@@ -77,29 +83,30 @@ def prepare(
 
     prepared = convert(model_path, precision, int8_ranges)
     _store(folder, key, prepared)
+    _drop_replaced(folder, key)
     return prepared
 
 
-def is_prepared(model_path: Path, precision: str) -> bool:
-    """Whether a valid cache entry exists for the model and precision."""
+def _entry(model_path: Path, precision: str) -> tuple[Path, dict[str, Any]]:
+    """The entry's folder and key: the model file's SHA-256 (1-4 ms), precision, graph version."""
+    content = hashlib.sha256(model_path.read_bytes()).hexdigest()
     import openvino as ov
 
-    key = _key(model_path, precision)
-    return _load(ov.Core(), entry_dir(model_path, precision), key) is not None
-
-
-def _key(model_path: Path, precision: str) -> dict[str, Any]:
-    content = hashlib.sha256(model_path.read_bytes()).hexdigest()
-    parts = {"model_sha256": content, "precision": precision, "graph_version": GRAPH_VERSION}
-    parts["id"] = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
-    return parts
+    key = {
+        "model_sha256": content,
+        "precision": precision,
+        "graph_version": GRAPH_VERSION,
+        "openvino": ov.get_version(),  # a new OpenVINO converts anew
+    }
+    key["id"] = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+    return cache_dir() / "openvino" / f"{model_path.stem}-{key['id']}", key
 
 
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _load(core: Any, folder: Path, key: dict[str, Any]) -> Prepared | None:
+def _load(folder: Path, key: dict[str, Any]) -> Prepared | None:
     """The entry in ``folder`` if its manifest matches ``key`` and every file its hash, else None."""
     try:
         manifest = json.loads((folder / MANIFEST).read_text())
@@ -108,13 +115,30 @@ def _load(core: Any, folder: Path, key: dict[str, Any]) -> Prepared | None:
         files = manifest["files"]
         if any(_sha256(folder / name) != digest for name, digest in files.items()):
             return None
+        if set(files) != {*(f"{form}{ext}" for form in FORMS for ext in (".xml", ".bin")), NORMS}:
+            return None
         norms = np.load(folder / NORMS, allow_pickle=False)
-        forms = {form: core.read_model(folder / f"{form}.xml") for form in FORMS}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError, RuntimeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None  # missing, stale or damaged: prepared again
     if norms.ndim != 2 or norms.shape[0] != 3:
         return None
-    return Prepared(forms, norms.astype(np.float32))
+    return Prepared({}, norms.astype(np.float32), folder)
+
+
+def _drop_replaced(folder: Path, key: dict[str, Any]) -> None:
+    """Remove entries of earlier contents of the same model name and precision (a retrained or
+    recalibrated model), so the cache does not grow with every training run."""
+    cut = len(key["id"]) + 1
+    stem = folder.name[:-cut]
+    for other in folder.parent.glob(f"{stem}-*"):
+        if other.name[:-cut] != stem:
+            continue  # another model whose name starts the same ("tiny-2" for "tiny")
+        try:
+            old = json.loads((other / MANIFEST).read_text())["key"]
+            if old["id"] != key["id"] and old["precision"] == key["precision"]:
+                shutil.rmtree(other)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not an entry, or another process's: left alone
 
 
 def _store(folder: Path, key: dict[str, Any], prepared: Prepared) -> None:

@@ -128,11 +128,14 @@ def test_a_damaged_or_stale_entry_is_prepared_again(models_dir, cache):
     np.testing.assert_array_equal(third.stylize("tiny", image), expected)
     assert len(told) == 1  # the rebuilt entry is used as it is
 
-    # A retrained model (new content, same name) gets its own entry: never the old graphs.
+    # A retrained model (new content, same name) gets its own entry, never the old graphs, and
+    # replaces the old entry.
     make_model(models_dir, "tiny", seed=5, width="compact")
     assert entry_dir(models_dir / "tiny.impasto", "fp32") != folder
     retrained = Engine(device="cpu", backend="openvino", precision="fp32").stylize("tiny", image)
     assert np.abs(retrained.astype(int) - expected).mean() > 1
+    assert not folder.exists()
+    assert entry_dir(models_dir / "tiny.impasto", "fp32").is_dir()
 
 
 def test_prepare_command_prepares_every_model(models_dir, cache):
