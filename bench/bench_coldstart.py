@@ -62,6 +62,58 @@ def timed(command: list[str | Path]) -> float:
     return elapsed
 
 
+IMPORTS = ("numpy", "PIL.Image", "core.cli", "core.engine", "openvino", "torch")
+
+# Run in a fresh interpreter: the phases of one stylize, timed where the engine spends them.
+PHASES = """
+import sys, time
+start = time.perf_counter()
+marks = []
+def mark(name):
+    global start
+    now = time.perf_counter(); marks.append((name, now - start)); start = now
+import numpy as np
+from core.images import load_image, save_image
+mark("import numpy, PIL, core.images")
+import openvino
+mark("import openvino")
+from core.engine import Engine
+engine = Engine()
+mark("import core.engine, Engine() (device, precision)")
+image = load_image(sys.argv[1])
+mark("read the photo")
+engine._load(sys.argv[2], "style")
+mark("model: metadata, prepared graphs from the cache")
+engine.stylize(sys.argv[2], image)
+mark("first stylize: compile the shape, run")
+result = engine.stylize(sys.argv[2], image)
+mark("second stylize: run only")
+save_image(sys.argv[3], result)
+mark("write the PNG")
+print("torch imported:", "torch" in sys.modules)
+for name, seconds in marks:
+    print(f"| {name} | {seconds:.3f} |")
+"""
+
+
+def import_breakdown(command: list[str | Path]) -> dict[str, float]:
+    """Cumulative import seconds of IMPORTS in one run of ``command`` under -X importtime."""
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", *map(str, command[1:])],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    found: dict[str, float] = {}
+    for line in done.stderr.splitlines():
+        parts = line.split("|")
+        if line.startswith("import time:") and len(parts) == 3:
+            name = parts[2].strip()
+            if name in IMPORTS and name not in found:
+                found[name] = int(parts[1]) / 1e6
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5, help="rounds (default 5)")
@@ -95,6 +147,14 @@ def main() -> None:
             for case, command in cases.items():
                 times[case].append(timed(command))
         load_after = os.getloadavg()[0]
+        imports = import_breakdown(cases["impasto 512px"])
+        phases = subprocess.run(
+            [sys.executable, "-c", PHASES, images["512px"], args.style, folder / "phases.png"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
 
     medians = {case: statistics.median(t) for case, t in times.items()}
     print(
@@ -114,6 +174,15 @@ def main() -> None:
         )
         spread = f"{min(times[case]):.2f}-{max(times[case]):.2f}"
         print(f"| {case} | {median:.2f} | {spread} | {ratio} |")
+
+    print("\nimports of one `python -m core stylize` (512 px), -X importtime, cumulative:\n")
+    print("| module | s |\n|---|---:|")
+    for name in IMPORTS:
+        print(
+            f"| {name} | {imports[name]:.3f} |" if name in imports else f"| {name} | not imported |"
+        )
+    print("\nphases of one stylize in a fresh process (512 px):\n")
+    print(phases)
 
 
 if __name__ == "__main__":
