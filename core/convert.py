@@ -16,40 +16,42 @@ import torch
 
 from core.modelfile import load_model
 from core.phased import phased
-from core.prepared import Prepared
 from core.quantize import quantized
 from core.runtime import FrozenStats, LiveStats, norm_layers, stats_channels
 
 
-def convert(model_path: Path, precision: str, int8_ranges: list[list[float]]) -> Prepared:
-    """The model's three forms as OpenVINO graphs, and its norms' parameters.
+class Converter:
+    """A model file's network, ready to give its norms' parameters and convert its forms.
 
     Raises core.quantize.CalibrationError for int8 ranges that do not fit the network.
     """
-    import openvino as ov
 
-    net, _ = load_model(model_path)
-    norms = [
-        torch.stack([m.weight.detach(), m.bias.detach(), torch.full_like(m.weight, m.eps)])
-        for m in norm_layers(net)
-    ]
-    packed = torch.cat(norms, 1).float().numpy() if norms else np.zeros((3, 0), np.float32)
-    channels = stats_channels(net)
-    net = phased(net)
-    if precision == "int8":
-        net = quantized(net, int8_ranges)
-    modules = {"whole": net, "stats": LiveStats(net), "frozen": FrozenStats(net)}
-    forms = {}
-    for name, module in modules.items():
+    def __init__(self, model_path: Path, precision: str, int8_ranges: list[list[float]]) -> None:
+        net, _ = load_model(model_path)
+        norms = [
+            torch.stack([m.weight.detach(), m.bias.detach(), torch.full_like(m.weight, m.eps)])
+            for m in norm_layers(net)
+        ]
+        packed = torch.cat(norms, 1).float().numpy() if norms else np.zeros((3, 0), np.float32)
+        self.norms = np.ascontiguousarray(packed, np.float32)
+        self.channels = stats_channels(net)
+        net = phased(net)
+        if precision == "int8":
+            net = quantized(net, int8_ranges)
+        self.modules = {"whole": net, "stats": LiveStats(net), "frozen": FrozenStats(net)}
+
+    def form(self, name: str):
+        """Form ``name`` ("whole", "stats" or "frozen") as an openvino.Model."""
+        import openvino as ov
+
         x = torch.rand(1, 3, 64, 64)
-        example = (x, torch.ones(2, channels)) if name == "frozen" and channels else (x,)
+        example = (x, torch.ones(2, self.channels)) if name == "frozen" and self.channels else (x,)
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer warnings about shape-dependent Python code
             # Trace here: openvino's own tracing re-runs and checks the trace, 3x slower.
-            traced = torch.jit.trace(module, example, check_trace=False)
+            traced = torch.jit.trace(self.modules[name], example, check_trace=False)
             model = ov.convert_model(traced, input=[list(t.shape) for t in example])
-        forms[name] = _channels_last(model, image_output=name != "stats")
-    return Prepared(forms, np.ascontiguousarray(packed))
+        return _channels_last(model, image_output=name != "stats")
 
 
 def _channels_last(model, image_output: bool):

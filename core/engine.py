@@ -130,7 +130,9 @@ class Engine:
         """Load ``model`` (by name or path) ready to run: with OpenVINO, prepared for this
         computer and cached on disk, so no later job or process waits for it."""
         with self._lock:
-            self._load(model, self.model_info(model).kind)
+            runner = self._load(model, self.model_info(model).kind).runner
+            if isinstance(runner, OpenVINORunner):
+                runner.prepared.complete(runner.core)
 
     def stylize(
         self,
@@ -220,11 +222,11 @@ class Engine:
 
     def _openvino_runner(self, path: Path, info: ModelInfo) -> OpenVINORunner:
         """A runner of the model prepared for OpenVINO: from the cache, or prepared now."""
-        from core.prepared import prepare
+        from core.prepared import Prepared
 
         precision = self._model_precision(info)
         try:
-            prepared = prepare(path, precision, info.int8_ranges, self.notify)
+            prepared = Prepared(path, precision, info.int8_ranges, self.notify)
         except ModelFileError as e:
             raise EngineError(str(e)) from None
         except ValueError as e:

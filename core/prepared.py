@@ -1,10 +1,12 @@
 """Models prepared for OpenVINO, kept on disk so a prepared model runs without importing torch.
 
-Preparing (core.convert: tracing the network with torch, ~1 s to import and seconds to trace)
-gives three OpenVINO graphs (the forms of core.ovruntime) and the instance norms' parameters. An
-entry is a folder keyed by the model file's content, the precision and GRAPH_VERSION; its
-manifest, written last, holds the SHA-256 of every other file, so a stale, half-written or
-damaged entry is never used: it is prepared again and replaced.
+Preparing a model (core.convert: torch, ~1 s to import, then ~1-3 s to trace and convert each
+form) gives the instance norms' parameters and three OpenVINO graphs, the forms of
+core.ovruntime; each is converted when a job first needs it (an image that fits one tile needs
+only the whole form), or all at once by `python -m core prepare`. An entry is a folder keyed by
+the model file's content, the precision, GRAPH_VERSION and OpenVINO's version. Each part (the
+norms, each form) has a manifest written after its files, with their SHA-256: a stale,
+half-written or damaged part is never used, it is converted again and replaced.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import json
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,30 +24,12 @@ import numpy as np
 
 CACHE_ENV = "IMPASTO_CACHE_DIR"
 # Part of every cache key: raise it when the traced graph (or an entry's layout) changes for the
-# same weights. 9: entries became folders with a manifest.
+# same weights. 9: entries became folders with a manifest per part.
 GRAPH_VERSION = 9
 FORMS = ("whole", "stats", "frozen")
-MANIFEST = "manifest.json"
-NORMS = "norms.npy"
+NORMS = "norms"
 
 Notify = Callable[[str], None]
-
-
-@dataclass
-class Prepared:
-    """A model's OpenVINO graphs by form, and its norms' (weight, bias, eps) as a (3, channels)
-    array in the order of the packed statistics ((3, 0) without instance norm)."""
-
-    forms: dict[str, Any]  # openvino.Model by form name
-    norms: np.ndarray
-    folder: Path | None = None  # the cache entry holding the forms not read yet
-
-    def form(self, name: str, core: Any) -> Any:
-        """The openvino.Model of form ``name``, read from the entry when first needed: reading
-        one takes 0.03-0.05 s, and an image that fits one tile needs only the whole form."""
-        if name not in self.forms:
-            self.forms[name] = core.read_model(self.folder / f"{name}.xml")
-        return self.forms[name]
 
 
 def cache_dir() -> Path:
@@ -64,39 +47,72 @@ def entry_dir(model_path: Path, precision: str) -> Path:
     return _entry(model_path, precision)[0]
 
 
-def prepare(
-    model_path: Path, precision: str, int8_ranges: list[list[float]], notify: Notify | None = None
-) -> Prepared:
-    """The model prepared for ``precision``: from the cache when a valid entry exists, else
-    converted (``notify`` is told first: it takes seconds) and stored for next time.
+class Prepared:
+    """A model prepared for OpenVINO: its norms' (weight, bias, eps) as a (3, channels) array in
+    the order of the packed statistics ((3, 0) without instance norm), and its forms on demand.
 
-    core.convert's errors (CalibrationError for bad int8 ranges) pass through.
+    Raises core.quantize.CalibrationError (a ValueError) for int8 ranges that do not fit.
     """
 
-    folder, key = _entry(model_path, precision)
-    cached = _load(folder, key)
-    if cached is not None:
-        return cached
-    if notify is not None:
-        notify(f"preparing {model_path.stem} for this computer (once per model, a few seconds)")
-    from core.convert import convert  # imports torch: only here
+    def __init__(
+        self,
+        model_path: Path,
+        precision: str,
+        int8_ranges: list[list[float]],
+        notify: Notify | None = None,
+    ) -> None:
+        self.model_path, self.precision, self.int8_ranges = model_path, precision, int8_ranges
+        self.notify = notify
+        self.folder, self.key = _entry(model_path, precision)
+        self.forms: dict[str, Any] = {}  # openvino.Model by form name
+        self._converter: Any = None  # core.convert.Converter, once something is converted
+        norms = _read_part(self.folder, self.key, NORMS)
+        if norms is None:
+            self.norms = self._convert().norms
+            _write_part(self.folder, self.key, NORMS, self.norms)
+            _drop_replaced(self.folder, self.key)
+        else:
+            self.norms = np.load(self.folder / f"{NORMS}.npy", allow_pickle=False)
 
-    prepared = convert(model_path, precision, int8_ranges)
-    _store(folder, key, prepared)
-    _drop_replaced(folder, key)
-    return prepared
+    def form(self, name: str, core: Any) -> Any:
+        """The openvino.Model of form ``name``: read from the entry (0.03-0.05 s), else converted
+        and stored there."""
+        if name not in self.forms:
+            if _read_part(self.folder, self.key, name) is not None:
+                self.forms[name] = core.read_model(self.folder / f"{name}.xml")
+            else:
+                self.forms[name] = self._convert().form(name)
+                _write_part(self.folder, self.key, name, self.forms[name])
+        return self.forms[name]
+
+    def complete(self, core: Any) -> None:
+        """Every form converted and stored, so no later job converts anything."""
+        for name in FORMS:
+            self.form(name, core)
+
+    def _convert(self) -> Any:
+        if self._converter is None:
+            if self.notify is not None:
+                self.notify(
+                    f"preparing {self.model_path.stem} for this computer (once per model, "
+                    "a few seconds)"
+                )
+            from core.convert import Converter  # imports torch: only here
+
+            self._converter = Converter(self.model_path, self.precision, self.int8_ranges)
+        return self._converter
 
 
 def _entry(model_path: Path, precision: str) -> tuple[Path, dict[str, Any]]:
-    """The entry's folder and key: the model file's SHA-256 (1-4 ms), precision, graph version."""
-    content = hashlib.sha256(model_path.read_bytes()).hexdigest()
+    """The entry's folder and key: the model file's SHA-256 (1-4 ms), precision, graph and
+    OpenVINO versions (a new OpenVINO converts anew)."""
     import openvino as ov
 
     key = {
-        "model_sha256": content,
+        "model_sha256": hashlib.sha256(model_path.read_bytes()).hexdigest(),
         "precision": precision,
         "graph_version": GRAPH_VERSION,
-        "openvino": ov.get_version(),  # a new OpenVINO converts anew
+        "openvino": ov.get_version(),
     }
     key["id"] = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     return cache_dir() / "openvino" / f"{model_path.stem}-{key['id']}", key
@@ -106,23 +122,52 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _load(folder: Path, key: dict[str, Any]) -> Prepared | None:
-    """The entry in ``folder`` if its manifest matches ``key`` and every file its hash, else None."""
+def _part_files(name: str) -> tuple[str, ...]:
+    return (f"{name}.npy",) if name == NORMS else (f"{name}.xml", f"{name}.bin")
+
+
+def _read_part(folder: Path, key: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """The manifest of part ``name`` if it matches ``key`` and every file its hash, else None."""
     try:
-        manifest = json.loads((folder / MANIFEST).read_text())
-        if not isinstance(manifest, dict) or manifest.get("key") != key:
-            return None
+        manifest = json.loads((folder / f"{name}.json").read_text())
         files = manifest["files"]
-        if any(_sha256(folder / name) != digest for name, digest in files.items()):
+        if manifest["key"] != key or set(files) != set(_part_files(name)):
             return None
-        if set(files) != {*(f"{form}{ext}" for form in FORMS for ext in (".xml", ".bin")), NORMS}:
+        if any(_sha256(folder / file) != digest for file, digest in files.items()):
             return None
-        norms = np.load(folder / NORMS, allow_pickle=False)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None  # missing, stale or damaged: prepared again
-    if norms.ndim != 2 or norms.shape[0] != 3:
-        return None
-    return Prepared({}, norms.astype(np.float32), folder)
+        if name == NORMS:
+            norms = np.load(folder / f"{NORMS}.npy", allow_pickle=False)
+            if norms.ndim != 2 or norms.shape[0] != 3 or norms.dtype != np.float32:
+                return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # missing, stale or damaged: converted again
+    return manifest
+
+
+def _write_part(folder: Path, key: dict[str, Any], name: str, value: Any) -> None:
+    """Write part ``name`` (norms array or openvino.Model): files under temporary names, moved in
+    place, then the manifest. A cache folder that cannot be written only costs converting again
+    next time."""
+    import openvino as ov
+
+    tmp = folder / f".{name}.{os.getpid()}.tmp"
+    try:
+        tmp.mkdir(parents=True, exist_ok=True)
+        if name == NORMS:
+            np.save(tmp / f"{NORMS}.npy", value, allow_pickle=False)
+        else:
+            ov.save_model(value, tmp / f"{name}.xml", compress_to_fp16=False)
+        files = {file: _sha256(tmp / file) for file in _part_files(name)}
+        (folder / f"{name}.json").unlink(missing_ok=True)  # the old part is invalid from here
+        for file in files:
+            os.replace(tmp / file, folder / file)
+        (tmp / "manifest").write_text(json.dumps({"key": key, "files": files}, indent=1))
+        os.replace(tmp / "manifest", folder / f"{name}.json")
+    except (OSError, RuntimeError):  # OpenVINO reports write errors as RuntimeError
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            shutil.rmtree(tmp)
 
 
 def _drop_replaced(folder: Path, key: dict[str, Any]) -> None:
@@ -131,34 +176,13 @@ def _drop_replaced(folder: Path, key: dict[str, Any]) -> None:
     cut = len(key["id"]) + 1
     stem = folder.name[:-cut]
     for other in folder.parent.glob(f"{stem}-*"):
-        if other.name[:-cut] != stem:
-            continue  # another model whose name starts the same ("tiny-2" for "tiny")
+        if other == folder or other.name[:-cut] != stem:
+            continue  # ours, or another model whose name starts the same ("tiny-2" for "tiny")
         try:
-            old = json.loads((other / MANIFEST).read_text())["key"]
-            if old["id"] != key["id"] and old["precision"] == key["precision"]:
+            if (
+                json.loads((other / f"{NORMS}.json").read_text())["key"]["precision"]
+                == key["precision"]
+            ):
                 shutil.rmtree(other)
         except (OSError, ValueError, KeyError, TypeError):
             continue  # not an entry, or another process's: left alone
-
-
-def _store(folder: Path, key: dict[str, Any], prepared: Prepared) -> None:
-    """Write the entry into a temporary folder, then move it in place; a cache folder that
-    cannot be written only costs preparing again next time."""
-    import openvino as ov
-
-    tmp = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
-    try:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for form, model in prepared.forms.items():
-            ov.save_model(model, tmp / f"{form}.xml", compress_to_fp16=False)
-        np.save(tmp / NORMS, prepared.norms, allow_pickle=False)
-        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
-        (tmp / MANIFEST).write_text(json.dumps({"key": key, "files": files}, indent=1))
-        shutil.rmtree(folder, ignore_errors=True)  # a stale or damaged entry
-        os.replace(tmp, folder)
-    except (OSError, RuntimeError):  # OpenVINO reports write errors as RuntimeError
-        pass
-    finally:
-        with contextlib.suppress(OSError):
-            shutil.rmtree(tmp)

@@ -3,7 +3,6 @@ models is keyed by content and rebuilt when damaged; listing models and --help l
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 from core.engine import Engine
 from core.images import load_image
 from core.ovruntime import openvino_available
-from core.prepared import MANIFEST, entry_dir
+from core.prepared import FORMS, entry_dir
 from tests.conftest import make_model
 
 pytestmark = pytest.mark.skipif(not openvino_available(), reason="openvino is not installed")
@@ -98,6 +97,9 @@ def test_a_model_is_prepared_once_and_says_so(models_dir, cache):
     image = textured(48, 64)
     first = engine.stylize("tiny", image)
     assert len(told) == 1 and "preparing tiny" in told[0]
+    # Only what this job needed was converted: an image of one tile runs the whole form.
+    folder = entry_dir(models_dir / "tiny.impasto", "fp32")
+    assert {p.stem for p in folder.glob("*.json")} == {"norms", "whole"}
     # Another process (a new engine) finds it prepared: nothing to say, the same result.
     again = Engine(device="cpu", backend="openvino", precision="fp32")
     again.notify = told.append
@@ -108,25 +110,24 @@ def test_a_model_is_prepared_once_and_says_so(models_dir, cache):
 def test_a_damaged_or_stale_entry_is_prepared_again(models_dir, cache):
     image = textured(48, 64)
     engine = Engine(device="cpu", backend="openvino", precision="fp32")
+    engine.prepare("tiny")
     expected = engine.stylize("tiny", image)
     folder = entry_dir(models_dir / "tiny.impasto", "fp32")
     weights = folder / "whole.bin"
     data = bytearray(weights.read_bytes())
     data[len(data) // 2 : len(data) // 2 + 64] = bytes(64)  # zeroed weights: still loadable
     weights.write_bytes(bytes(data))
-    (folder / "stats.xml").write_text("<net")  # and a broken graph
+    (folder / "norms.npy").write_bytes(b"damaged")
 
     told: list[str] = []
     fresh = Engine(device="cpu", backend="openvino", precision="fp32")
     fresh.notify = told.append
     np.testing.assert_array_equal(fresh.stylize("tiny", image), expected)
     assert len(told) == 1  # prepared again, and the entry is whole again
-    files = json.loads((folder / MANIFEST).read_text())["files"]
-    assert files and all((folder / name).is_file() for name in files)
     third = Engine(device="cpu", backend="openvino", precision="fp32")
     third.notify = told.append
     np.testing.assert_array_equal(third.stylize("tiny", image), expected)
-    assert len(told) == 1  # the rebuilt entry is used as it is
+    assert len(told) == 1  # the rebuilt parts are used as they are
 
     # A retrained model (new content, same name) gets its own entry, never the old graphs, and
     # replaces the old entry.
@@ -148,5 +149,6 @@ def test_prepare_command_prepares_every_model(models_dir, cache):
     )
     assert done.returncode == 0, done.stderr
     assert "tiny: ready" in done.stderr and "sr: ready" in done.stderr
-    for name in ("tiny", "sr"):
-        assert (entry_dir(models_dir / f"{name}.impasto", "fp32") / MANIFEST).is_file()
+    for name in ("tiny", "sr"):  # every form: no later job converts anything
+        folder = entry_dir(models_dir / f"{name}.impasto", "fp32")
+        assert {p.stem for p in folder.glob("*.json")} == {"norms", *FORMS}

@@ -51,7 +51,7 @@ def test_style_training_lowers_the_loss_and_writes_a_listed_model(
     assert listed["tiny_run"].display_name == "Stripes"
     # Installed, so prepared for this computer's OpenVINO runtime: its first use is not a wait.
     if openvino_available():
-        assert len(list((tmp_path / "cache" / "openvino").glob("tiny_run-*/manifest.json"))) == 1
+        assert len(list((tmp_path / "cache" / "openvino").glob("tiny_run-*/frozen.json"))) == 1
     run = Path(config.run_dir)
     assert Image.open(run / "loss.png").size == (800, 480)
     sheet = Image.open(run / "previews" / "step_0000024.png")
