@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Install Impasto: the core's Python environment and the GIMP 3 plug-in (standard library only).
 
-    python3 install.py              set up, then stylize docs/sample.jpg and say how to use GIMP
+    python3 install.py              set up, prepare the models for this computer, then stylize
+                                    docs/sample.jpg and say how to use GIMP
     python3 install.py --test       set up, then run the whole test suite (exit code: pytest's)
     python3 install.py --check      diagnose an installation
     python3 install.py --uninstall  remove what the installer put in place (--purge: models too)
@@ -88,6 +89,18 @@ def user_config_dir() -> Path:
     if _macos():
         return home / "Library" / "Application Support" / "impasto"
     return _env_dir("XDG_CONFIG_HOME", home / ".config") / "impasto"
+
+
+def user_cache_dir() -> Path:
+    """Impasto's cache folder; the same as platformdirs.user_cache_dir("impasto") used by the core."""
+    home = Path.home()
+    if _windows():
+        return (
+            _env_dir("LOCALAPPDATA", home / "AppData" / "Local") / "impasto" / "impasto" / "Cache"
+        )
+    if _macos():
+        return home / "Library" / "Caches" / "impasto"
+    return _env_dir("XDG_CACHE_HOME", home / ".cache") / "impasto"
 
 
 def gimp_config_roots() -> list[Path]:
@@ -249,6 +262,15 @@ def first_style(python: Path) -> str | None:
     return done.stdout.strip() or None
 
 
+def prepare_models(python: Path) -> None:
+    """Convert the installed models for this computer's runtime now, one progress line each, so
+    neither the sample nor the first use of a style in GIMP waits for it."""
+    say("preparing the models for this computer (once; a few seconds each)")
+    done = subprocess.run([str(python), "-m", "core", "prepare"], cwd=REPO)
+    if done.returncode != 0:
+        say("note: the models not prepared now are prepared when first used")
+
+
 def main_job(python: Path) -> None:
     """Stylize the sample image with the first installed style and say where the result is."""
     if not SAMPLE.is_file():
@@ -358,6 +380,10 @@ def uninstall(purge: bool) -> int:
     data = user_data_dir()
     if (data / "samples").is_dir():
         shutil.rmtree(data / "samples")
+    prepared = user_cache_dir() / "openvino"  # models prepared for this computer: made again
+    if prepared.is_dir():
+        shutil.rmtree(prepared)
+        say(f"removed {prepared}")
     (data / MANIFEST).unlink(missing_ok=True)
     if purge:
         for folder in (data, user_config_dir()):
@@ -394,6 +420,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--no-sample", action="store_true", help="skip stylizing the sample image after set-up"
     )
+    parser.add_argument(
+        "--no-prepare",
+        action="store_true",
+        help="skip preparing the models for this computer (each is then prepared on first use)",
+    )
     own, extra = (
         (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     )
@@ -418,6 +449,8 @@ def main(argv: list[str] | None = None) -> int:
         write_manifest(manifest)
         if args.test:
             return run_tests(python, args.pytest_args)
+        if not args.no_prepare:
+            prepare_models(python)
         if not args.no_sample:
             main_job(python)
         return 0

@@ -229,6 +229,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     styles.add_argument("--kind", choices=("style", "sr"), help="only this kind of model")
 
+    prepare = commands.add_parser(
+        "prepare",
+        help="prepare models for this computer, so their first use is not a wait",
+        description="Convert models for this computer's runtime (OpenVINO on the CPU) and keep "
+        "the result in the user cache folder; stylize and the GIMP plug-in do it on first use "
+        "otherwise, which takes a few seconds per model. Nothing to do with PyTorch.",
+    )
+    prepare.add_argument(
+        "models", nargs="*", metavar="MODEL", help="model names or paths (default: all installed)"
+    )
+    prepare.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "fp16", "bf16", "int8"),
+        default="auto",
+        help="the precision they will run in (default auto, as stylize and upscale)",
+    )
+
     commands.add_parser(
         "serve",
         help="run the local server the GIMP plug-in talks to",
@@ -397,14 +414,22 @@ def _engine(args: argparse.Namespace) -> Engine:
     from core.engine import Engine, EngineError
 
     try:
-        return Engine(
-            device=args.device,
-            backend=args.backend,
-            tile_size=args.tile_size,
+        engine = Engine(
+            device=getattr(args, "device", "auto"),
+            backend=getattr(args, "backend", "auto"),
+            tile_size=getattr(args, "tile_size", None),
             precision=args.precision,
         )
     except EngineError as e:
         raise UsageError(str(e)) from None
+    if not getattr(args, "quiet", False):
+        engine.notify = _say
+    return engine
+
+
+def _say(text: str) -> None:
+    """A line on stderr, replacing a live progress line there."""
+    print(f"\r\033[K{text}" if sys.stderr.isatty() else text, file=sys.stderr, flush=True)
 
 
 def _check_model(engine: Engine, model: str, kind: str) -> None:
@@ -575,6 +600,27 @@ def cmd_styles(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_prepare(args: argparse.Namespace) -> int:
+    """Prepare models for this computer's runtime, one line each."""
+    from core.engine import EngineError
+    from core.registry import list_models
+
+    engine = _engine(args)
+    engine.notify = None  # each model gets its own line here
+    models = args.models or [m.name for m in list_models()]
+    failed = 0
+    for model in models:
+        started = time.monotonic()
+        try:
+            engine.prepare(model)
+        except (EngineError, LookupError) as e:
+            failed += 1
+            print(f"error: {e}", file=sys.stderr)
+            continue
+        print(f"{model}: ready ({time.monotonic() - started:.1f} s)", file=sys.stderr, flush=True)
+    return EXIT_FAILED if failed else EXIT_OK
+
+
 def _serve(argv: list[str]) -> int:
     try:
         from core import server
@@ -589,7 +635,12 @@ def _serve(argv: list[str]) -> int:
     return server.run(parser.parse_args(argv))
 
 
-COMMANDS = {"stylize": cmd_stylize, "upscale": cmd_upscale, "styles": cmd_styles}
+COMMANDS = {
+    "stylize": cmd_stylize,
+    "upscale": cmd_upscale,
+    "styles": cmd_styles,
+    "prepare": cmd_prepare,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,29 +10,29 @@ whose area fits one tile runs whole with its own statistics, exactly as the netw
 from __future__ import annotations
 
 import math
+import os
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from core.modelfile import ModelFileError, ModelInfo, load_model, read_info
-from core.networks import SR_RECEPTIVE_RADIUS, STYLE_WIDTHS, StyleNet
-from core.quantize import CalibrationError
+from core.modelfile import ModelFileError, ModelInfo, read_info
+from core.netspec import SR_RECEPTIVE_RADIUS, STYLE_WIDTHS
+from core.ovruntime import OpenVINORunner, RuntimeCancelled, openvino_available, openvino_supports
 from core.registry import model_path
-from core.runtime import (
-    OpenVINORunner,
-    RuntimeCancelled,
-    TorchRunner,
-    norm_layers,
-    openvino_available,
-    openvino_supports,
-)
+from core.resize import resize as _resize
+
+if TYPE_CHECKING:
+    from core.runtime import TorchRunner
+
+# torch (~1 s to import) is imported only where it runs: the torch backend, device detection where
+# a GPU may be present, and preparing a model for OpenVINO the first time (core.prepared).
 
 # Tile side in output pixels per device; its square bounds the area (and activation memory) of
 # one network run.
@@ -54,6 +54,7 @@ MODEL_CACHE_SIZE = 2  # loaded models kept; each holds its compiled tile shapes
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as in JPEG's YCbCr
 
 Progress = Callable[[int, int], None]
+Notify = Callable[[str], None]
 
 
 class EngineError(Exception):
@@ -114,6 +115,8 @@ class Engine:
         self.tile_size_given = tile_size is not None
         self._lock = threading.Lock()
         self._models: OrderedDict[Path, _Loaded] = OrderedDict()
+        # Told of slow one-time phases of a job (preparing a model for OpenVINO), as a sentence.
+        self.notify: Notify | None = None
 
     def model_info(self, model: str | Path) -> ModelInfo:
         """Metadata of a model given by registry name or path."""
@@ -122,6 +125,14 @@ class Engine:
             return read_info(path)
         except ModelFileError as e:
             raise EngineError(str(e)) from None
+
+    def prepare(self, model: str | Path) -> None:
+        """Load ``model`` (by name or path) ready to run: with OpenVINO, prepared for this
+        computer and cached on disk, so no later job or process waits for it."""
+        with self._lock:
+            runner = self._load(model, self.model_info(model).kind).runner
+            if isinstance(runner, OpenVINORunner):
+                runner.prepared.complete(runner.core)
 
     def stylize(
         self,
@@ -186,35 +197,56 @@ class Engine:
             self._models.move_to_end(path)
             return cached
         try:
-            net, info = load_model(path)
+            info = read_info(path)
         except ModelFileError as e:
             raise EngineError(str(e)) from None
         _check_kind(info, kind)
-        has_norm = bool(norm_layers(net))
         if self.backend == "openvino":
-            try:
-                runner: TorchRunner | OpenVINORunner = OpenVINORunner(
-                    net, path, self._model_precision(info), info.int8_ranges
-                )
-            except CalibrationError as e:
-                raise EngineError(
-                    f"{e} in {path.name}: redo it with `python -m trainer calibrate {info.name}`, "
-                    "or use precision fp32"
-                ) from None
+            runner: TorchRunner | OpenVINORunner = self._openvino_runner(path, info)
+            has_norm = runner.channels > 0
         else:
+            from core.modelfile import load_model
+            from core.runtime import TorchRunner, norm_layers
+
+            try:
+                net, info = load_model(path)
+            except ModelFileError as e:
+                raise EngineError(str(e)) from None
             runner = TorchRunner(net, self.device, self.precision)
-        self._models[path] = _Loaded(stamp, info, runner, has_norm, self._tile_size_for(net))
+            has_norm = bool(norm_layers(net))
+        self._models[path] = _Loaded(stamp, info, runner, has_norm, self._tile_size_for(info))
         self._models.move_to_end(path)
         while len(self._models) > MODEL_CACHE_SIZE:
             self._models.popitem(last=False)
         return self._models[path]
 
-    def _tile_size_for(self, net: torch.nn.Module) -> int:
-        """The tile side for ``net``: narrower style networks get the same memory in larger tiles."""
-        if self.tile_size_given or not isinstance(net, StyleNet):
+    def _openvino_runner(self, path: Path, info: ModelInfo) -> OpenVINORunner:
+        """A runner of the model prepared for OpenVINO: from the cache, or prepared now."""
+        from core.prepared import Prepared
+
+        precision = self._model_precision(info)
+        try:
+            prepared = Prepared(path, precision, info.int8_ranges, self.notify)
+        except ModelFileError as e:
+            raise EngineError(str(e)) from None
+        except ValueError as e:
+            from core.quantize import CalibrationError  # torch is loaded: it was converting
+
+            if not isinstance(e, CalibrationError):
+                raise
+            raise EngineError(
+                f"{e} in {path.name}: redo it with `python -m trainer calibrate {info.name}`, "
+                "or use precision fp32"
+            ) from None
+        return OpenVINORunner(prepared, precision)
+
+    def _tile_size_for(self, info: ModelInfo) -> int:
+        """The tile side for a model: narrower style networks get the same memory in larger tiles."""
+        if self.tile_size_given or info.arch != "style":
             return self.tile_size
         # Activation memory per pixel follows the width: the compact network's is half the full's.
-        area = self.tile_size**2 * STYLE_WIDTHS["full"] / STYLE_WIDTHS[net.width]
+        width = info.options.get("width", "full")
+        area = self.tile_size**2 * STYLE_WIDTHS["full"] / STYLE_WIDTHS[width]
         return int(math.sqrt(area)) // 64 * 64
 
     def _model_precision(self, info: ModelInfo) -> str:
@@ -247,6 +279,8 @@ class Engine:
                 if not _out_of_memory(e):
                     raise
                 if self.device == "cuda":
+                    import torch
+
                     torch.cuda.empty_cache()
                 if tile // 2 < MIN_TILE_SIZE:
                     raise EngineError(
@@ -492,16 +526,6 @@ def _luma(rgb: np.ndarray) -> np.ndarray:
     return rgb @ LUMA
 
 
-def _resize(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize HxWxC float32: antialiased when shrinking, bicubic when enlarging."""
-    t = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None]
-    if size[0] <= pixels.shape[0] and size[1] <= pixels.shape[1]:
-        t = F.interpolate(t, size=size, mode="bilinear", antialias=True, align_corners=False)
-    else:
-        t = F.interpolate(t, size=size, mode="bicubic", align_corners=False)
-    return t[0].permute(1, 2, 0).contiguous().numpy()
-
-
 def _pad_to(pixels: np.ndarray, multiple: int) -> np.ndarray:
     h, w = pixels.shape[:2]
     return _pad_to_size(pixels, h + -h % multiple, w + -w % multiple)
@@ -530,21 +554,39 @@ def _out_of_memory(error: BaseException) -> bool:
 
 def _resolve_device(device: str) -> str:
     if device == "auto":
+        if not _may_have_gpu():
+            return "cpu"
+        import torch
+
         if torch.cuda.is_available():
             return "cuda"
         if torch.backends.mps.is_available():
             return "mps"
         return "cpu"
-    available = {
-        "cpu": True,
-        "cuda": torch.cuda.is_available(),
-        "mps": torch.backends.mps.is_available(),
-    }
-    if device not in available:
+    if device not in ("cpu", "cuda", "mps"):
         raise EngineError(f"unknown device {device!r}: use auto, cuda, mps or cpu")
-    if not available[device]:
-        raise EngineError(f"device {device!r} is not available on this machine: use auto or cpu")
+    if device != "cpu":
+        import torch
+
+        available = (
+            torch.cuda.is_available() if device == "cuda" else torch.backends.mps.is_available()
+        )
+        if not available:
+            raise EngineError(
+                f"device {device!r} is not available on this machine: use auto or cpu"
+            )
     return device
+
+
+def _may_have_gpu() -> bool:
+    """False only where torch surely finds no GPU (asking torch means importing it, ~1 s): Linux
+    without an NVIDIA or AMD (ROCm) driver loaded, Windows without NVIDIA's driver library."""
+    if sys.platform.startswith("linux"):
+        return any(os.path.exists(p) for p in ("/proc/driver/nvidia/version", "/dev/kfd"))
+    if sys.platform == "win32":
+        system = Path(os.environ.get("SystemRoot", r"C:\Windows")) / "System32"
+        return (system / "nvcuda.dll").exists()
+    return True  # macOS (MPS) and others: ask torch
 
 
 def _resolve_backend(backend: str, device: str) -> str:

@@ -1,18 +1,25 @@
-"""Impasto model files: network weights plus metadata, loaded without executing code."""
+"""Impasto model files: network weights plus metadata, loaded without executing code.
+
+A model file is a torch.save archive. Its metadata is read without importing torch (listing
+models and running a prepared one need no torch, which takes ~1 s to import): the archive's
+pickle is read with an unpickler that knows only the few objects a model file holds.
+"""
 
 from __future__ import annotations
 
+import collections
 import os
 import pickle
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
+from core.netspec import check_options
 
-from core.networks import build_network, check_options
+if TYPE_CHECKING:
+    from torch import nn
 
 FORMAT = "impasto-model"
 FORMAT_VERSION = 1
@@ -69,6 +76,8 @@ def save_model(path: str | Path, net: nn.Module, info: ModelInfo, half: bool = T
 def write_atomically(obj: Any, path: Path) -> None:
     """torch.save ``obj`` to ``path`` via a synced temporary file: a crash or full disk leaves
     the previous file intact; a failed write raises OSError."""
+    import torch
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     os.close(fd)
@@ -85,29 +94,70 @@ def write_atomically(obj: Any, path: Path) -> None:
             os.unlink(tmp)
 
 
-def _read(path: Path) -> dict[str, Any]:
+def _refused(path: Path, unsafe: str) -> ModelFileError:
+    return ModelFileError(
+        f"{path.name} was refused: it asks to run code or build objects other than "
+        f"weights ({unsafe}); only trust model files from Impasto or your "
+        "own training runs"
+    )
+
+
+def _unreadable(path: Path, why: str = "") -> ModelFileError:
+    detail = f" ({why})" if why else ""
+    return ModelFileError(
+        f"{path.name} is not a readable model file{detail}; it may be truncated or corrupt: "
+        "re-download or retrain it"
+    )
+
+
+class _Tensor:
+    """Stands for a tensor of the archive, which metadata reading skips."""
+
+    def __init__(self, *args: object) -> None:
+        pass
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """Unpickles a torch.save archive's data.pkl with tensors as placeholders; any other object
+    than plain data, an ordered dict or a tensor is refused, never built."""
+
+    ALLOWED = {
+        ("collections", "OrderedDict"): collections.OrderedDict,
+        ("torch._utils", "_rebuild_tensor_v2"): _Tensor,
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self.ALLOWED:
+            return self.ALLOWED[(module, name)]
+        if module == "torch" and name.endswith("Storage"):
+            return _Tensor  # the storage type inside a tensor's reference
+        raise pickle.UnpicklingError(f"Unsupported global: GLOBAL {module}.{name}")
+
+    def persistent_load(self, pid: Any) -> Any:
+        return None  # a tensor's storage: not read
+
+
+def _read_metadata_blob(path: Path) -> dict[str, Any]:
+    """The archive's top-level dict with every tensor a placeholder; torch is not imported."""
     if not path.is_file():
         raise ModelFileError(f"model file not found: {path}")
     try:
-        # weights_only=True: a file that tries to run code is refused, never executed.
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        with zipfile.ZipFile(path) as archive:
+            (name,) = [n for n in archive.namelist() if n.endswith("/data.pkl")] or [""]
+            if not name:
+                raise _unreadable(path)
+            return _MetadataUnpickler(archive.open(name)).load()
     except pickle.UnpicklingError as e:
-        unsafe = [line for line in str(e).splitlines() if "Unsupported global" in line]
-        if unsafe:
-            raise ModelFileError(
-                f"{path.name} was refused: it asks to run code or build objects other than "
-                f"weights ({unsafe[0].strip()}); only trust model files from Impasto or your "
-                "own training runs"
-            ) from None
-        raise ModelFileError(
-            f"{path.name} is not a readable model file; it may be truncated or corrupt: "
-            "re-download or retrain it"
-        ) from None
-    except Exception as e:  # truncated zip, random bytes, ...
-        raise ModelFileError(
-            f"{path.name} is not a readable model file ({type(e).__name__}); "
-            "it may be truncated or corrupt: re-download or retrain it"
-        ) from None
+        if "Unsupported global" in str(e):
+            raise _refused(path, str(e).strip()) from None
+        raise _unreadable(path) from None
+    except ModelFileError:
+        raise
+    except Exception as e:  # not a zip, truncated, ...
+        raise _unreadable(path, type(e).__name__) from None
+
+
+def _check_blob(path: Path, blob: object) -> dict[str, Any]:
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise ModelFileError(f"{path.name} is not an Impasto model file")
     version = blob.get("version", 0)
@@ -116,6 +166,24 @@ def _read(path: Path) -> dict[str, Any]:
     if version > FORMAT_VERSION:
         raise ModelFileError(f"{path.name} needs a newer Impasto (format {version})")
     return blob
+
+
+def _read(path: Path) -> dict[str, Any]:
+    import torch
+
+    if not path.is_file():
+        raise ModelFileError(f"model file not found: {path}")
+    try:
+        # weights_only=True: a file that tries to run code is refused, never executed.
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        unsafe = [line for line in str(e).splitlines() if "Unsupported global" in line]
+        if unsafe:
+            raise _refused(path, unsafe[0].strip()) from None
+        raise _unreadable(path) from None
+    except Exception as e:  # truncated zip, random bytes, ...
+        raise _unreadable(path, type(e).__name__) from None
+    return _check_blob(path, blob)
 
 
 # The type each metadata field must have; anything else is a broken (or hostile) file.
@@ -156,13 +224,15 @@ def _info(path: Path, meta: Any) -> ModelInfo:
 
 
 def read_info(path: str | Path) -> ModelInfo:
-    """Read only the metadata of a model file."""
+    """Read only the metadata of a model file, without importing torch."""
     path = Path(path)
-    return _info(path, _read(path).get("meta"))
+    return _info(path, _check_blob(path, _read_metadata_blob(path)).get("meta"))
 
 
 def load_model(path: str | Path) -> tuple[nn.Module, ModelInfo]:
     """Load a model file into an fp32 network in eval mode."""
+    from core.networks import build_network
+
     path = Path(path)
     blob = _read(path)
     info = _info(path, blob.get("meta"))

@@ -765,6 +765,7 @@ def run(args: argparse.Namespace) -> int:
     except EngineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    engine.notify = log.info  # "preparing STYLE for this computer": why a first use takes longer
     jobs = JobQueue(engine)
     host = "127.0.0.1" if args.host == "localhost" else args.host
     server = ImpastoHTTPServer((host, args.port), jobs, args)

@@ -14,6 +14,7 @@ from torch import nn
 from core.modelfile import ModelInfo, save_model, write_atomically
 from core.networks import build_network
 from core.quantize import calibrate
+from core.registry import user_models_dir
 from trainer.config import TrainConfig
 from trainer.data import DataError, calibration_images
 
@@ -86,7 +87,24 @@ def export_model(
         except DataError as e:  # e.g. exported on another machine: the model still works
             print(f"warning: no int8 calibration ({e}); the model runs in fp32 on CPUs",
                   file=sys.stderr)  # fmt: skip
-    return save_model(Path(output or config.output), net, info)
+    path = save_model(Path(output or config.output), net, info)
+    prepare_installed(path)
+    return path
+
+
+def prepare_installed(path: Path) -> None:
+    """Prepare a model written into the user models folder for this computer's default runtime
+    (`python -m core prepare`), so its first use in GIMP is not a wait; failing only warns."""
+    if path.resolve().parent != user_models_dir().resolve():
+        return  # not installed: prepared on first use, if it is ever used
+    from core.engine import Engine, EngineError
+
+    try:
+        engine = Engine()
+        if engine.backend == "openvino":  # PyTorch needs no preparing
+            engine.prepare(path)
+    except (EngineError, OSError, RuntimeError) as e:
+        print(f"warning: {path.name} is prepared on first use instead ({e})", file=sys.stderr)
 
 
 def int8_ranges(net: nn.Module, dataset: str | Path) -> list[list[float]]:

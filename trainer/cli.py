@@ -13,7 +13,13 @@ import platformdirs
 
 from core.modelfile import SUFFIX, ModelFileError, load_model, save_model
 from core.registry import UnknownModelError, model_path, user_models_dir
-from trainer.checkpoint import CheckpointError, export_model, int8_ranges, load_checkpoint
+from trainer.checkpoint import (
+    CheckpointError,
+    export_model,
+    int8_ranges,
+    load_checkpoint,
+    prepare_installed,
+)
 from trainer.config import DEFAULT_LOSS_NETWORK, TrainConfig
 from trainer.data import DataError, find_photos
 from trainer.loop import TrainingError, train
@@ -383,6 +389,7 @@ def calibrate(args: argparse.Namespace) -> int:
             save_model(path, net, info)
         except OSError as e:
             raise TrainingError(f"could not update {path} ({e}): is the folder writable?") from None
+        prepare_installed(path)  # new content: the old preparation no longer applies
         print(f"calibrated {info.name} ({path}) on photos of {dataset}")
     return 0
 

@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from core import engine as engine_module
 from core.engine import TILE_SIZE, Cancelled, Engine, EngineError, StyleOptions
 from core.modelfile import load_model
+from core.ovruntime import RuntimeCancelled, openvino_available
 from core.registry import UnknownModelError
-from core.runtime import FrozenStats, LiveStats, RuntimeCancelled, openvino_available
+from core.runtime import FrozenStats, LiveStats
 from tests.conftest import make_model
 
 needs_openvino = pytest.mark.skipif(not openvino_available(), reason="openvino is not installed")

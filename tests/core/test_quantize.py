@@ -12,9 +12,9 @@ from PIL import Image
 from core.engine import Engine, EngineError
 from core.modelfile import load_model, read_info, save_model
 from core.networks import build_network
+from core.ovruntime import openvino_available, openvino_supports
 from core.quantize import CalibrationError, calibrate, conv_layers, quantized
 from core.registry import SHIPPED_DIR
-from core.runtime import openvino_available, openvino_supports
 
 pytestmark = pytest.mark.skipif(not openvino_available(), reason="int8 runs on OpenVINO")
 SAMPLE = Path(__file__).resolve().parents[2] / "docs" / "sample.jpg"
@@ -47,7 +47,7 @@ def test_shipped_style_models_run_in_int8_within_a_few_levels_of_fp32(model):
     assert len(info.int8_ranges) == len(conv_layers(load_model(info.path)[0]))
     fast = Engine(device="cpu")
     assert fast.precision == "int8"
-    assert "-int8-" in fast._load(model, "style").runner.name
+    assert fast._load(model, "style").runner.model_precision == "int8"
     photo = sample_photo()
     exact = Engine(device="cpu", precision="fp32").stylize(model, photo)
     result = fast.stylize(model, photo)
@@ -63,12 +63,13 @@ def test_shipped_style_models_run_in_int8_within_a_few_levels_of_fp32(model):
 
 def test_uncalibrated_and_upscaling_models_stay_fp32(models_dir):
     engine = Engine(device="cpu")
-    assert "-int8-" not in engine._load("tiny", "style").runner.name
-    assert "-int8-" not in engine._load("sr-faithful", "sr").runner.name
+    assert engine._load("tiny", "style").runner.model_precision != "int8"
+    assert engine._load("sr-faithful", "sr").runner.model_precision != "int8"
     explicit = Engine(device="cpu", precision="int8")
     with pytest.raises(EngineError, match="no int8 calibration.*trainer calibrate tiny"):
         explicit.stylize("tiny", np.zeros((32, 32, 3), np.uint8))
-    assert "-int8-" not in explicit._load("sr-faithful", "sr").runner.name  # upscales in fp32
+    # upscales in fp32
+    assert explicit._load("sr-faithful", "sr").runner.model_precision != "int8"
     with pytest.raises(EngineError, match="int8 runs on the openvino backend"):
         Engine(device="cpu", backend="torch", precision="int8")
 

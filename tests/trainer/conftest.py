@@ -21,6 +21,12 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Models the trainer installs are prepared for OpenVINO into this test's cache, not the user's."""
+    monkeypatch.setenv("IMPASTO_CACHE_DIR", str(tmp_path / "cache"))
+
+
 def make_photos(folder: Path, count: int, size: tuple[int, int] = (56, 44), seed: int = 0) -> Path:
     """``count`` smooth, textured RGB photos (PNG and JPEG) in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
