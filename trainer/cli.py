@@ -23,6 +23,7 @@ from trainer.checkpoint import (
 from trainer.config import DEFAULT_LOSS_NETWORK, TrainConfig
 from trainer.data import DataError, find_photos
 from trainer.loop import TrainingError, train
+from trainer.losses import LOSS_FORMS
 from trainer.lossnets import LOSS_NETWORKS, LossNetworkError
 
 DATA_ENV = "IMPASTO_DATA"
@@ -239,6 +240,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="style (Gram) loss weight; higher: more texture, less photo (default per loss network, see --content-weight)",
     )
+    style.add_argument(
+        "--loss-form",
+        choices=list(LOSS_FORMS),
+        default="paper",
+        help="paper: Johnson et al.'s mean squared errors (their scale differs ~1e7x between VGG layers, so the deep, painterly layers barely count); relative: each error divided by its target's mean square, so every style layer counts equally and the weights mean the same on every loss network",
+    )
     style.add_argument("--style-size", type=int, default=256, help="the painting's longer side in pixels during training; larger: finer brush strokes (default 256, as the authors' code)")  # fmt: skip
     _add_common(style, "style")
 
@@ -344,6 +351,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
         tv_weight=weight(args.tv_weight, spec.tv_weight),
         pixel_weight=getattr(args, "pixel_weight", 0.0),
         style_size=getattr(args, "style_size", 256),
+        loss_form=getattr(args, "loss_form", "paper"),
         sr_loss=getattr(args, "loss", "perceptual"),
         scale=getattr(args, "scale", 4),
         degradation=getattr(args, "degradation", "paper"),

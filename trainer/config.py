@@ -38,6 +38,7 @@ class TrainConfig:
     tv_weight: float = _DEFAULTS.tv_weight
     pixel_weight: float = 0.0
     style_size: int = 256
+    loss_form: str = "paper"  # trainer.losses.LOSS_FORMS: "paper" or "relative"
     sr_loss: str = "perceptual"
     scale: int = 4
     degradation: str = "paper"

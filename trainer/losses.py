@@ -28,9 +28,17 @@ def total_variation(images: torch.Tensor) -> torch.Tensor:
     return dy.float().pow(2).mean() + dx.float().pow(2).mean()
 
 
+LOSS_FORMS = ("paper", "relative")
+
+
 class StyleLoss(nn.Module):
     """Content (feature reconstruction) + style (Gram) + TV loss against one style image.
 
+    ``form`` "paper": Johnson et al.'s mean squared errors. Their scale differs by orders of
+    magnitude between layers (relu4_3's Gram energy is ~1e-7 of relu1_2's in VGG-16), so the deep
+    layers that carry a painting's shapes barely count. "relative": each error divided by its
+    target's mean square (the painting's Gram per layer, the photo's features per batch), so every
+    style layer counts equally and the weights mean the same on every loss network.
     The style image's Gram matrices are computed once; content targets under no_grad.
     """
 
@@ -41,9 +49,12 @@ class StyleLoss(nn.Module):
         content_weight: float,
         style_weight: float,
         tv_weight: float,
+        form: str = "paper",
     ) -> None:
         super().__init__()
-        self.lossnet = lossnet
+        if form not in LOSS_FORMS:
+            raise ValueError(f"unknown loss form {form!r}: choose {', '.join(LOSS_FORMS)}")
+        self.lossnet, self.relative = lossnet, form == "relative"
         self.terms = ("total", "content", "style", "tv")
         self.content_weight, self.style_weight, self.tv_weight = (
             content_weight,
@@ -55,16 +66,22 @@ class StyleLoss(nn.Module):
         with torch.no_grad():
             features = lossnet(style_image.to(lossnet.mean.device), self.style_layers)
         for name in self.style_layers:
-            self.register_buffer(f"gram_{name}", gram_matrix(features[name]))
+            gram = gram_matrix(features[name])
+            self.register_buffer(f"gram_{name}", gram)
+            energy = gram.pow(2).mean() if self.relative else torch.ones(())
+            self.register_buffer(f"gram_scale_{name}", 1 / energy.clamp_min(1e-30))
 
     def forward(self, output: torch.Tensor, content: torch.Tensor) -> dict[str, torch.Tensor]:
         """Weighted loss terms and their sum ("total") for a batch of outputs and their inputs."""
         with torch.no_grad():
-            target = self.lossnet(content, (self.content_layer,))[self.content_layer]
+            target = self.lossnet(content, (self.content_layer,))[self.content_layer].float()
         features = self.lossnet(output, (self.content_layer, *self.style_layers))
-        content_loss = F.mse_loss(features[self.content_layer].float(), target.float())
+        content_loss = F.mse_loss(features[self.content_layer].float(), target)
+        if self.relative:
+            content_loss = content_loss / target.pow(2).mean().clamp_min(1e-30)
         style_loss = sum(
-            F.mse_loss(
+            getattr(self, f"gram_scale_{n}")
+            * F.mse_loss(
                 gram_matrix(features[n]), getattr(self, f"gram_{n}").expand(len(output), -1, -1)
             )
             for n in self.style_layers

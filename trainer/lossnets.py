@@ -321,7 +321,8 @@ def _from_hed(path: Path) -> dict[str, torch.Tensor]:
         ) from None
     std, mean = torch.tensor(IMAGENET_STD), torch.tensor(IMAGENET_MEAN)
     scale = 1 / (255 * std.mean().item())
-    convs = [i for i, layer in enumerate(vgg16_features(29)) if isinstance(layer, nn.Conv2d)]
+    layers = vgg16_features(max(VGG16.taps))  # the convolutions up to relu4_3
+    convs = [i for i, layer in enumerate(layers) if isinstance(layer, nn.Conv2d)]
     suffixes = ("", "_1", "_2")  # Keras' names of the convolutions inside each block
     names = [
         f"block{b + 1}/layers/conv2d{suffixes[i]}/vars"
@@ -331,7 +332,7 @@ def _from_hed(path: Path) -> dict[str, torch.Tensor]:
     out = {}
     try:
         with h5py.File(path, "r") as f:
-            for index, name in zip(convs, names, strict=True):
+            for index, name in zip(convs, names[: len(convs)], strict=True):
                 weight = torch.from_numpy(f[name + "/0"][()]).permute(3, 2, 0, 1).float()
                 bias = torch.from_numpy(f[name + "/1"][()]).float()
                 if index == 0:

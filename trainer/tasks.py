@@ -58,7 +58,12 @@ class StyleTask:
         self.options = {"width": config.width}
         style = load_style_image(config.style_image, config.style_size)
         self.loss = StyleLoss(
-            lossnet, style, config.content_weight, config.style_weight, config.tv_weight
+            lossnet,
+            style,
+            config.content_weight,
+            config.style_weight,
+            config.tv_weight,
+            config.loss_form,
         )
 
     def network(self) -> nn.Module:

