@@ -118,10 +118,13 @@ class Client:
         progress: Callable[[float], None] | None = None,
         cancel: threading.Event | None = None,
         queued: Callable[[int], None] | None = None,
+        phase: Callable[[str], None] | None = None,
     ) -> bytes:
         """Stylize 8-bit interleaved pixels (1-4 channels); returns the same layout.
 
-        ``progress`` gets the fraction done, ``queued`` the number of jobs ahead while waiting.
+        ``progress`` gets the fraction done, ``queued`` the number of jobs ahead while waiting,
+        ``phase`` the job's phase (protocol.md: loading, statistics, tiles) at every status event,
+        about twice a second, so a caller can keep an indeterminate bar moving.
         """
         params = {
             "model": model,
@@ -132,7 +135,7 @@ class Client:
             "preserve_colors": int(bool(preserve_colors)),
             "scale": scale,
         }
-        return self._job("stylize", params, pixels, progress, cancel, queued, 1)[0]
+        return self._job("stylize", params, pixels, progress, cancel, queued, phase, 1)[0]
 
     def upscale(
         self,
@@ -144,10 +147,16 @@ class Client:
         progress: Callable[[float], None] | None = None,
         cancel: threading.Event | None = None,
         queued: Callable[[int], None] | None = None,
+        phase: Callable[[str], None] | None = None,
     ) -> tuple[bytes, int, int]:
         """Upscale 8-bit interleaved pixels x4; returns (pixels, new width, new height)."""
         params = {"model": model, "width": width, "height": height, "channels": channels}
-        return self._job("upscale", params, pixels, progress, cancel, queued, 4)
+        return self._job("upscale", params, pixels, progress, cancel, queued, phase, 4)
+
+    def running(self) -> bool:
+        """Whether a server answers now (nothing is started): a caller can say a start is coming."""
+        info = _published()
+        return bool(info and probe(info, self.timeout))
 
     def shutdown(self) -> None:
         """Ask a running server to exit (cancelling its jobs); nothing happens if none runs."""
@@ -317,6 +326,7 @@ class Client:
         progress: Callable[[float], None] | None,
         cancel: threading.Event | None,
         queued: Callable[[int], None] | None,
+        phase: Callable[[str], None] | None,
         scale: int,
     ) -> tuple[bytes, int, int]:
         """Send a job and return its result, checked to have the size this request must give."""
@@ -325,7 +335,7 @@ class Client:
         def send(info: ConnectionInfo) -> tuple[bytes, int, int]:
             conn = info.http(self.timeout)
             try:
-                return self._stream(conn, info, path, pixels, progress, cancel, queued)
+                return self._stream(conn, info, path, pixels, (progress, cancel, queued, phase))
             finally:
                 conn.close()  # also how a cancel reaches the server: it stops the job within a tile
 
@@ -346,11 +356,10 @@ class Client:
         info: ConnectionInfo,
         path: str,
         pixels: bytes,
-        progress: Callable[[float], None] | None,
-        cancel: threading.Event | None,
-        queued: Callable[[int], None] | None,
+        callbacks: tuple,
     ) -> tuple[bytes, int, int]:
         """POST the pixels (after the server accepts the request), then follow the event stream."""
+        cancel = callbacks[1]
         if cancel is not None and cancel.is_set():
             raise Cancelled("cancelled")
         conn.putrequest("POST", path, skip_host=True, skip_accept_encoding=True)
@@ -366,7 +375,7 @@ class Client:
         if _server_continues(conn.sock, self.timeout):
             conn.send(pixels)
         with conn.getresponse() as response:  # closing it is what tells the server we are gone
-            return self._follow(response, progress, cancel, queued)
+            return self._follow(response, *callbacks)
 
     def _follow(
         self,
@@ -374,6 +383,7 @@ class Client:
         progress: Callable[[float], None] | None,
         cancel: threading.Event | None,
         queued: Callable[[int], None] | None,
+        phase: Callable[[str], None] | None,
     ) -> tuple[bytes, int, int]:
         """Read the job's events: report the queue and progress, stop on cancel, return the result."""
         if response.status != 200:
@@ -389,8 +399,10 @@ class Client:
             kind = event.get("event")
             if kind == "status" and event["state"] == "queued" and queued:
                 queued(event["position"])
-            elif kind == "status" and event.get("total") and progress:
-                if event["done"] / event["total"] != done:
+            elif kind == "status" and event["state"] == "running":
+                if phase:
+                    phase(event.get("phase", ""))  # absent from servers before phases
+                if event.get("total") and progress and event["done"] / event["total"] != done:
                     done = event["done"] / event["total"]
                     progress(done)
             elif kind == "error":

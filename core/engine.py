@@ -54,6 +54,9 @@ MODEL_CACHE_SIZE = 2  # loaded models kept; each holds its compiled tile shapes
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as in JPEG's YCbCr
 
 Progress = Callable[[int, int], None]
+# What a job is doing, for people waiting on it: "loading" (the model, on its first use),
+# "statistics" (the thumbnail pass of a tiled style job), "tiles" (the network's passes).
+Phase = Callable[[str], None]
 
 
 class EngineError(Exception):
@@ -115,6 +118,13 @@ class Engine:
         self._lock = threading.Lock()
         self._models: OrderedDict[Path, _Loaded] = OrderedDict()
 
+    @property
+    def device_name(self) -> str:
+        """The device as a person names it: "CPU", or the GPU's name (e.g. "NVIDIA H200")."""
+        if self.device == "cuda":
+            return torch.cuda.get_device_name()
+        return {"mps": "Apple GPU"}.get(self.device, "CPU")
+
     def model_info(self, model: str | Path) -> ModelInfo:
         """Metadata of a model given by registry name or path."""
         path = _model_path(model, None)
@@ -130,22 +140,23 @@ class Engine:
         options: StyleOptions | None = None,
         progress: Progress | None = None,
         cancel: threading.Event | None = None,
+        phase: Phase | None = None,
     ) -> np.ndarray:
         """Stylise an HxWxC image (C 1-4; uint8, uint16 or float32): same shape and dtype back."""
         options = options or StyleOptions()
         _check_options(options)
         rgb, alpha = _split(image)
         with self._lock:
-            loaded = self._load(model, "style")
+            loaded = self._load(model, "style", phase)
             h, w = rgb.shape[:2]
             if options.scale == 1:
-                styled = self._run(loaded, rgb, progress, cancel)
+                styled = self._run(loaded, rgb, progress, cancel, phase=phase)
             else:
                 size = (
                     max(MIN_SIDE, round(h * options.scale)),
                     max(MIN_SIDE, round(w * options.scale)),
                 )
-                styled = self._run(loaded, _resize(rgb, size), progress, cancel)
+                styled = self._run(loaded, _resize(rgb, size), progress, cancel, phase=phase)
                 styled = _resize(styled, (h, w))
         if options.preserve_colors:
             # Original chroma, stylised luminance: add the change in luma to every channel.
@@ -164,19 +175,20 @@ class Engine:
         image: np.ndarray,
         progress: Progress | None = None,
         cancel: threading.Event | None = None,
+        phase: Phase | None = None,
     ) -> np.ndarray:
         """Upscale an HxWxC image x4 (C 1-4; uint8, uint16 or float32): 4Hx4WxC, same dtype back."""
         rgb, alpha = _split(image)
         with self._lock:
-            loaded = self._load(model, "sr")
+            loaded = self._load(model, "sr", phase)
             scale = 4
-            upscaled = self._run(loaded, rgb, progress, cancel, scale=scale)
+            upscaled = self._run(loaded, rgb, progress, cancel, scale=scale, phase=phase)
         if alpha is not None:
             size = (alpha.shape[0] * scale, alpha.shape[1] * scale)
             alpha = _from_float(np.clip(_resize(_to_float(alpha), size), 0, 1), alpha.dtype)
         return _join(upscaled, alpha, image)
 
-    def _load(self, model: str | Path, kind: str) -> _Loaded:
+    def _load(self, model: str | Path, kind: str, phase: Phase | None = None) -> _Loaded:
         path = _model_path(model, kind)
         stat = path.stat()
         stamp = (stat.st_mtime_ns, stat.st_size)
@@ -185,6 +197,8 @@ class Engine:
             _check_kind(cached.info, kind)  # a model cached by the other kind of job
             self._models.move_to_end(path)
             return cached
+        if phase:
+            phase("loading")
         try:
             net, info = load_model(path)
         except ModelFileError as e:
@@ -235,12 +249,13 @@ class Engine:
         progress: Progress | None,
         cancel: threading.Event | None,
         scale: int = 1,
+        phase: Phase | None = None,
     ) -> np.ndarray:
         """The network's output for an HxWx3 float image, tiled; smaller tiles when memory runs out."""
         tile = loaded.tile_size
         while True:
             try:
-                return _run_tiled(loaded, rgb, tile, scale, progress, cancel)
+                return _run_tiled(loaded, rgb, tile, scale, progress, cancel, phase)
             except RuntimeCancelled:
                 raise Cancelled("cancelled") from None
             except (RuntimeError, MemoryError) as e:
@@ -269,6 +284,7 @@ def _run_tiled(
     scale: int,
     progress: Progress | None,
     cancel: threading.Event | None,
+    phase: Phase | None = None,
 ) -> np.ndarray:
     runner = loaded.runner
     h, w = rgb.shape[:2]
@@ -283,9 +299,11 @@ def _run_tiled(
     ph, pw = h + -h % align, w + -w % align
     no_stats = np.zeros((2, 0), np.float32)
     report = progress or (lambda done, total: None)
+    enter = phase or (lambda name: None)
 
     # Memory follows the area, not the sides: an image no larger than one tile runs whole.
     if ph * pw <= in_tile * in_tile:
+        enter("tiles")
         report(0, 1)
         _check(cancel)
         whole = _batch(_pad_to(rgb, align))
@@ -308,9 +326,11 @@ def _run_tiled(
     stats = no_stats
     if loaded.has_norm:
         _check(cancel)
+        enter("statistics")
         stats = _thumbnail_stats(runner, rgb, min(THUMBNAIL_SIDE, in_tile), cancel)
         done += 1
         report(done, total)
+    enter("tiles")
     out = np.zeros((ph * scale, pw * scale, 3), np.float32)
     # One thread adds each tile into ``out`` while the next tile runs (numpy frees the GIL);
     # leaving the block waits for the last one.

@@ -79,6 +79,7 @@ class Job:
     options: dict[str, Any] = field(default_factory=dict)  # StyleOptions fields for stylize
     cancel: threading.Event = field(default_factory=threading.Event)
     state: str = "queued"  # queued, running, done, failed, cancelled
+    phase: str = ""  # while running: the engine's phase (loading, statistics, tiles)
     done: int = 0
     total: int = 0
     result: Any = None
@@ -130,7 +131,8 @@ class JobQueue:
             if job.state == "queued":
                 ahead = self._waiting.index(job) if job in self._waiting else 0
                 return {"state": "queued", "position": ahead + (self._running is not None)}
-            return {"state": job.state, "done": job.done, "total": job.total}
+            status = {"state": job.state, "done": job.done, "total": job.total}
+            return {**status, "phase": job.phase} if job.state == "running" else status
 
     def wait(self, timeout: float) -> None:
         with self.changed:
@@ -195,15 +197,22 @@ class JobQueue:
                 job.done, job.total = done, total
                 self.changed.notify_all()
 
+        def phase(name: str) -> None:
+            with self.changed:
+                job.phase = name
+                self.changed.notify_all()
+
         started = time.monotonic()
         (h, w, c), dtype = job.image.shape, job.image.dtype
         what = f"job {job.id}: {job.op} {job.model_name} {w}x{h}x{c} {dtype}"
         try:
             if job.op == "stylize":
                 options = StyleOptions(**job.options)
-                result = self.engine.stylize(job.model, job.image, options, progress, job.cancel)
+                result = self.engine.stylize(
+                    job.model, job.image, options, progress, job.cancel, phase
+                )
             else:
-                result = self.engine.upscale(job.model, job.image, progress, job.cancel)
+                result = self.engine.upscale(job.model, job.image, progress, job.cancel, phase)
         except Cancelled:
             log.info("%s cancelled after %.2f s", what, time.monotonic() - started)
             return "cancelled", None, None
@@ -643,7 +652,9 @@ class ImpastoHTTPServer(ThreadingHTTPServer):
             "protocol": PROTOCOL,
             "pid": os.getpid(),
             "device": self.jobs.engine.device,
+            "device_name": self.jobs.engine.device_name,
             "backend": self.jobs.engine.backend,
+            "precision": self.jobs.engine.precision,
             "jobs": self.jobs.count(),
             "max_megapixels": self.max_megapixels,
         }
