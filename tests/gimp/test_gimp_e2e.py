@@ -186,6 +186,31 @@ def indexed():
     image, layer = new_image(None, Gimp.ImageBaseType.INDEXED, Gimp.ImageType.INDEXED_IMAGE, "")
     return call("plug-in-impasto-stylize", image, layer, model="tiny")[1]
 
+def bad_arguments():
+    # Values outside what the procedures take, as a script may pass them: refused, named.
+    image, layer = new_image(*rgba)
+    r = {}
+    for key, value in (("strength", 2.0), ("style_scale", 9.0), ("output", "new-image")):
+        r[key] = call("plug-in-impasto-stylize", image, layer, model="tiny", **{key: value})[1]
+    r["upscale_output"] = call("plug-in-impasto-upscale", image, layer, output="new-layer")[1]
+    r["layers"] = len(image.get_layers())
+    return r
+
+def help_ids():
+    return {n: pdb.lookup_procedure(n).get_help_id()
+            for n in ("plug-in-impasto-stylize", "plug-in-impasto-upscale")}
+
+def dialog_config():
+    # The real dialogs, used by a probe plug-in: pick, Save Settings, Reset, Load Saved Settings.
+    r = {"status": "success", "error": ""}
+    for name in ("impasto-probe-stylize", "impasto-probe-upscale"):
+        path = OUT / f"{name}.json"
+        _, status = call(name, None, None, out=str(path))
+        if status["status"] != "success":
+            return status
+        r[name] = json.loads(path.read_text())
+    return r
+
 def dialog_stylize():
     # As from the menu: the dialog lists the server's styles, the user accepts the defaults.
     image, layer = new_image(*rgba)
@@ -232,8 +257,8 @@ def cancelled():
     r["unchanged"] = bytes(after) == bytes(before)
     return r
 
-dialogs = (dialog_stylize, dialog_upscale) if __DIALOGS__ else ()
-cases = (script_fu_example, python_example, new_layer, options, selection, offset, gray, deep,
+dialogs = (dialog_config, dialog_stylize, dialog_upscale) if __DIALOGS__ else ()
+cases = (bad_arguments, help_ids, script_fu_example, python_example, new_layer, options, selection, offset, gray, deep,
          upscale_new, upscale_in_place, unknown_model, wrong_kind, indexed, locked, core_missing,
          cancelled)
 for case in (*dialogs, *cases):
@@ -297,15 +322,22 @@ def session(tmp_path_factory: pytest.TempPathFactory, gimp_root: Path):
     out = work / "out"
     out.mkdir()
     models = work / "models"
-    make_model(models, "tiny", width="compact")
+    # Tooltips: a description that already gives the credit, and one that does not.
+    credit = "A. Painter, Tiny (2026), public domain"
+    tiny = {"description": f"Restyles a photo after {credit}", "credit": credit}
+    make_model(models, "tiny", width="compact", info=tiny)
     make_model(models, "sr", kind="sr")
-    make_model(models, "wide", width="full")
+    make_model(models, "wide", width="full", info={"description": "Broad", "credit": "B. Painter"})
     image = photo_rgba()
     (out / "rgba.raw").write_bytes(image.tobytes())
     (out / "gray.raw").write_bytes(image[..., 1].tobytes())
     Image.fromarray(image[..., :3]).save(out / "photo.jpg", quality=95)
     home = work / "home"
     plugin = install.install_plugin_into(home / ".config" / "GIMP" / "3.0", Path(sys.executable))
+    probe = plugin.parent / "impasto-probe" / "impasto-probe.py"  # drives the dialogs' config
+    probe.parent.mkdir()
+    probe.write_bytes((REPO / "tests" / "gimp" / "dialog_probe.py").read_bytes())
+    probe.chmod(0o755)
 
     server_env = {
         "IMPASTO_MODELS_DIR": str(models),
@@ -334,6 +366,7 @@ def session(tmp_path_factory: pytest.TempPathFactory, gimp_root: Path):
             watcher = threading.Thread(target=cancel_like_gimp, args=(out, client), daemon=True)
             watcher.start()
             done = gimp_chroot.run_batch(gimp_root, script, env)
+            (out / "gimp.log").write_text(done.stdout + done.stderr)  # for a failing case
             (out / "batch-done").write_text("")
             watcher.join()
         if not (out / "results.json").is_file():
@@ -539,3 +572,65 @@ def test_cancel_leaves_the_image_unchanged_and_stops_the_job(session) -> None:
     assert case["unchanged"]  # nothing is written before the whole result is there
     log = (out.parent / "log" / "server.log").read_text()
     assert "cancel" in log  # the server dropped the job (its log says so)
+
+
+def test_out_of_range_arguments_are_refused_by_name(session) -> None:
+    _, results, _ = session
+    case = results["bad_arguments"]
+    for key, named in (
+        ("strength", "strength must be between 0 and 1, not 2"),
+        ("style_scale", "style-scale must be between 0.25 and 4, not 9"),
+        ("output", "output must be 'new-layer' or 'in-place', not 'new-image'"),
+        ("upscale_output", "output must be 'new-image' or 'in-place', not 'new-layer'"),
+    ):
+        assert case[key]["status"] == "execution-error", (key, case[key])
+        assert named in case[key]["error"]
+    assert case["layers"] == 1  # nothing was made
+
+
+def test_help_opens_impastos_own_manual(session) -> None:
+    out, results, _ = session
+    plugin = out.parent / "home" / ".config" / "GIMP" / "3.0" / "plug-ins" / "impasto"
+    # GIMP registered the plug-in's help domain (it would otherwise say its manual is missing) ...
+    pluginrc = (out.parent / "home" / ".config" / "GIMP" / "3.0" / "pluginrc").read_bytes()
+    pluginrc = pluginrc.decode(errors="replace")  # it holds icons' bytes too
+    assert f'"impasto" "file://{plugin}/help"' in pluginrc
+    # ... whose map sends each procedure's help ID to its section of the shipped manual.
+    index = (plugin / "help" / "en" / "gimp-help.xml").read_text()
+    page = (plugin / "help" / "en" / "impasto.html").read_text()
+    sections = {"stylize": "Filters &gt; Neural Style...", "upscale": "Filters &gt; Upscale x4..."}
+    for name, qualified in results["help_ids"].items():
+        domain, help_id = qualified.split("?")
+        assert domain == "impasto"
+        ref = index.split(f'id="{help_id}" ref="', 1)[1].split('"', 1)[0]
+        anchor = ref.split("#", 1)[1]
+        section = page.split(f'<a id="{anchor}"></a>', 1)[1].split("\n", 1)[0]
+        assert sections[name.rsplit("-", 1)[1]] in section
+
+
+def test_dialog_model_combo_follows_reset_and_saved_settings(session) -> None:
+    _, results, _ = session
+    case = dialog_case(results, "dialog_config")["impasto-probe-stylize"]
+    first = case["first"]  # the first installed style: what an empty model (the default) runs
+    assert case["opened"]["model"] == first
+    assert case["picked"] == {"model": "wide", "output": "in-place"}  # the combos set the config
+    reset = case["reset"]  # Reset > Reset to Factory Defaults
+    assert reset["model"] == reset["runs"] == first  # shows what OK runs
+    assert reset["output"] == "new-layer" and reset["strength"][2] == 1.0
+    assert case["loaded"]["model"] == "wide" and case["loaded"]["output"] == "in-place"
+    upscale = dialog_case(results, "dialog_config")["impasto-probe-upscale"]
+    assert upscale["reset"]["model"] == upscale["reset"]["runs"] == upscale["first"]
+    assert upscale["reset"]["output"] == "new-image"
+    assert upscale["loaded"]["model"] == "sr" and upscale["loaded"]["output"] == "in-place"
+
+
+def test_dialog_sliders_tooltips_and_where_it_runs(session) -> None:
+    _, results, _ = session
+    case = dialog_case(results, "dialog_config")["impasto-probe-stylize"]
+    opened = case["opened"]
+    assert opened["strength"][:2] == [0.0, 1.0] and opened["style-scale"][:2] == [0.25, 4.0]
+    assert "Brush size: smaller = bigger strokes" in opened["labels"]
+    assert case["tiny_tooltip"].count("A. Painter") == 1  # the credit, once
+    assert case["loaded"]["model_tooltip"] == "Broad\nB. Painter"
+    # Where it runs, from the server's health answer (this server: the CPU).
+    assert any(text.startswith("Runs on CPU, ") for text in opened["labels"])
