@@ -137,6 +137,37 @@ class Client:
         }
         return self._job("stylize", params, pixels, progress, cancel, queued, phase, 1)[0]
 
+    def preview(
+        self,
+        view: bytes,
+        width: int,
+        height: int,
+        channels: int,
+        whole: tuple[bytes, int, int],
+        model: str,
+        strength: float = 1.0,
+        preserve_colors: bool = False,
+        scale: float = 1.0,
+        cancel: threading.Event | None = None,
+        phase: Callable[[str], None] | None = None,
+    ) -> bytes:
+        """A preview: ``view`` (8-bit pixels: a crop, or a downscaled copy of the image) stylized
+        with the statistics of ``whole`` = (pixels, width, height), a thumbnail of the image with
+        its longest side at most 768 (the engine's THUMBNAIL_SIDE), as stylize would."""
+        pixels, whole_width, whole_height = whole
+        params = {
+            "model": model,
+            "width": width,
+            "height": height,
+            "channels": channels,
+            "stats_width": whole_width,
+            "stats_height": whole_height,
+            "strength": strength,
+            "preserve_colors": int(bool(preserve_colors)),
+            "scale": scale,
+        }
+        return self._job("preview", params, view + pixels, None, cancel, None, phase, 1)[0]
+
     def upscale(
         self,
         pixels: bytes,

@@ -143,6 +143,49 @@ class Engine:
         phase: Phase | None = None,
     ) -> np.ndarray:
         """Stylise an HxWxC image (C 1-4; uint8, uint16 or float32): same shape and dtype back."""
+
+        def run(loaded: _Loaded, rgb: np.ndarray) -> np.ndarray:
+            return self._run(loaded, rgb, progress, cancel, phase=phase)
+
+        return self._stylize(model, image, options, run, phase)
+
+    def preview(
+        self,
+        model: str | Path,
+        view: np.ndarray,
+        whole: np.ndarray,
+        options: StyleOptions | None = None,
+        cancel: threading.Event | None = None,
+        phase: Phase | None = None,
+    ) -> np.ndarray:
+        """``view`` (a crop of an image, or a downscaled copy) stylised in one pass with the
+        statistics of ``whole``, a thumbnail of that image (longest side up to THUMBNAIL_SIDE),
+        measured as stylize measures them for an image larger than a tile: what stylize gives
+        there, at that scale."""
+        whole_rgb = _split(whole)[0]
+
+        def run(loaded: _Loaded, rgb: np.ndarray) -> np.ndarray:
+            try:
+                _check(cancel)
+                (phase or (lambda name: None))("tiles")
+                side = min(THUMBNAIL_SIDE, loaded.tile_size)  # the thumbnail _run_tiled measures
+                stats = _thumbnail_stats(loaded.runner, whole_rgb, side, cancel)
+                out = loaded.runner.run_frozen(_batch(_pad_to(rgb, 4)), stats, cancel)
+            except RuntimeCancelled:
+                raise Cancelled("cancelled") from None
+            return out[0, : rgb.shape[0], : rgb.shape[1]]
+
+        return self._stylize(model, view, options, run, phase)
+
+    def _stylize(
+        self,
+        model: str | Path,
+        image: np.ndarray,
+        options: StyleOptions | None,
+        run: Callable[[_Loaded, np.ndarray], np.ndarray],
+        phase: Phase | None,
+    ) -> np.ndarray:
+        """Stylise with ``run`` (the network's pass) at the options' scale, then blend."""
         options = options or StyleOptions()
         _check_options(options)
         rgb, alpha = _split(image)
@@ -150,14 +193,13 @@ class Engine:
             loaded = self._load(model, "style", phase)
             h, w = rgb.shape[:2]
             if options.scale == 1:
-                styled = self._run(loaded, rgb, progress, cancel, phase=phase)
+                styled = run(loaded, rgb)
             else:
                 size = (
                     max(MIN_SIDE, round(h * options.scale)),
                     max(MIN_SIDE, round(w * options.scale)),
                 )
-                styled = self._run(loaded, _resize(rgb, size), progress, cancel, phase=phase)
-                styled = _resize(styled, (h, w))
+                styled = _resize(run(loaded, _resize(rgb, size)), (h, w))
         if options.preserve_colors:
             # Original chroma, stylised luminance: add the change in luma to every channel.
             delta = _luma(styled) - _luma(rgb)

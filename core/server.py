@@ -72,10 +72,11 @@ class Job:
     """One stylize or upscale request, from queue to result."""
 
     id: str
-    op: str  # "stylize" or "upscale"
+    op: str  # "stylize", "upscale" or "preview"
     model: Path
     model_name: str
     image: Any  # HxWxC numpy array; dropped when the job ends
+    whole: Any = None  # preview: the thumbnail of the whole image whose statistics it uses
     options: dict[str, Any] = field(default_factory=dict)  # StyleOptions fields for stylize
     cancel: threading.Event = field(default_factory=threading.Event)
     state: str = "queued"  # queued, running, done, failed, cancelled
@@ -179,7 +180,7 @@ class JobQueue:
                 self.changed.notify_all()
             state, result, error = self._run(job)
             with self.changed:
-                job.state, job.result, job.image = state, result, None
+                job.state, job.result, job.image, job.whole = state, result, None, None
                 job.error = job.error or error
                 self._running = None
                 self.last_activity = time.monotonic()
@@ -210,6 +211,11 @@ class JobQueue:
                 options = StyleOptions(**job.options)
                 result = self.engine.stylize(
                     job.model, job.image, options, progress, job.cancel, phase
+                )
+            elif job.op == "preview":
+                options = StyleOptions(**job.options)
+                result = self.engine.preview(
+                    job.model, job.image, job.whole, options, job.cancel, phase
                 )
             else:
                 result = self.engine.upscale(job.model, job.image, progress, job.cancel, phase)
@@ -426,16 +432,22 @@ class JobIO:
         body = self._read_body(request["bytes"])
         self.handler.release_upload()  # the queue bounds it from here
         dtype = SAMPLE_TYPES[request["dtype"]][0]
-        image = np.frombuffer(body, dtype=dtype).reshape(request["shape"])
+        pixels = np.frombuffer(body, dtype=dtype)
+        h, w, c = request["shape"]
+        image = pixels[: h * w * c].reshape(request["shape"])
+        whole = (
+            pixels[h * w * c :].reshape(request["stats_shape"]) if request["stats_shape"] else None
+        )
         job = Job(
             id=self.server.jobs.new_id(),
             op=op,
             model=request["path"],
             model_name=request["name"],
             image=image,
+            whole=whole,
             options=request["options"],
         )
-        del body, image
+        del body, pixels, image, whole
         self.server.jobs.submit(job)
         try:
             self._stream(job, request["dtype"])
