@@ -207,6 +207,8 @@ def install_plugin_into(profile: Path, python: Path, manifest: dict | None = Non
     target = folder / PLUGIN_SOURCE.name
     shutil.copyfile(PLUGIN_SOURCE, target)
     target.chmod(0o755)  # GIMP only runs executable plug-ins
+    for module in PLUGIN_SOURCE.parent.glob(f"{PLUGIN_NAME}_*.py"):  # the plug-in's own modules
+        shutil.copyfile(module, folder / module.name)
     shutil.copytree(HELP_SOURCE, folder / "help", dirs_exist_ok=True)
     (folder / "help" / "en" / HELP_PAGE).write_text(help_page(), encoding="utf-8")
     core = {"python": str(python), "repo": str(REPO)}

@@ -341,7 +341,24 @@ def build_dialog(name: str, procedure, config, models: list, health: dict, title
     return dialog, model_combo, output_combo
 
 
-def run_dialog(procedure, config, client, title: str) -> bool:
+def add_preview(dialog, client, drawable, config, models: list):
+    """Neural Style's live preview, on top of the dialog; None without pixels to show."""
+    from impasto_preview import Preview  # next to this file
+
+    inside, *box = drawable.mask_intersect()
+    if not inside:
+        return None  # OK says why
+    fmt, channels = pixel_format(drawable)
+    names = {m["name"]: label(m) for m in models}
+    preview = Preview(client, drawable, tuple(box), fmt, channels, config, names)
+    content = dialog.get_content_area()
+    content.pack_start(preview.widget, False, False, 6)
+    content.reorder_child(preview.widget, 0)
+    preview.widget.show_all()
+    return preview
+
+
+def run_dialog(procedure, config, client, title: str, drawable) -> bool:
     """Show the procedure's dialog with the server's models; False if cancelled."""
     name = procedure.get_name()
     kind, what = ("style", "style") if name == STYLIZE else ("sr", "upscaling model")
@@ -350,6 +367,8 @@ def run_dialog(procedure, config, client, title: str) -> bool:
     health = client.health()
     Gimp.progress_end()  # the core is up: no "starting the core" under the dialog
     dialog = build_dialog(name, procedure, config, models, health, title)[0]
+    if name == STYLIZE:
+        add_preview(dialog, client, drawable, config, models)
     accepted = dialog.run()
     dialog.destroy()
     return accepted
@@ -358,7 +377,7 @@ def run_dialog(procedure, config, client, title: str) -> bool:
 def run_stylize(procedure, run_mode, image, drawables, config, data):
     def work(client, drawable):
         if run_mode == Gimp.RunMode.INTERACTIVE:
-            if not run_dialog(procedure, config, client, "Neural Style"):
+            if not run_dialog(procedure, config, client, "Neural Style", drawable):
                 return None
         check_arguments(STYLIZE, config)
         stylize(image, drawable, client, config)
@@ -372,7 +391,7 @@ def run_upscale(procedure, run_mode, image, drawables, config, data):
     interactive = run_mode == Gimp.RunMode.INTERACTIVE
 
     def work(client, drawable):
-        if interactive and not run_dialog(procedure, config, client, "Upscale x4"):
+        if interactive and not run_dialog(procedure, config, client, "Upscale x4", drawable):
             return None
         check_arguments(UPSCALE, config)
         result = upscale(image, drawable, client, config, interactive)

@@ -104,16 +104,106 @@ def probe(procedure, config, _data):
     return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
 
 
+def probe_preview(procedure, run_mode, image, drawables, config, _data):
+    """Neural Style's preview on a layer: first answer (the model loads), a burst of changes, the
+    1:1 toggle, and a change that supersedes a running job; dumps what it showed."""
+    out = Path(config.get_property("out"))
+    client = impasto.connect()
+    models, health = client.models("style"), client.health()
+    name = impasto.STYLIZE
+    dialog = impasto.build_dialog(name, procedure, config, models, health, "probe")[0]
+    config.set_property("model", "tiny")
+    preview = impasto.add_preview(dialog, client, drawables[0], config, models)
+    seen = {"texts": [], "shown": [], "sent": {}}
+    steps = []
+
+    def dump(tag: str) -> None:
+        shown = preview.shown
+        data, width, height = preview.views[shown["crop"]]
+        (out.parent / f"preview-{tag}.raw").write_bytes(shown["result"])
+        (out.parent / f"preview-{tag}-view.raw").write_bytes(data)
+        seen["sent"][tag] = {"size": [width, height], "options": shown["options"]}
+
+    def watch() -> bool:
+        text = preview.status.get_text()
+        if not seen["texts"] or seen["texts"][-1] != text:
+            seen["texts"].append(text)
+        if preview.shown and (not seen["shown"] or seen["shown"][-1] is not preview.shown):
+            seen["shown"].append(preview.shown)
+        if steps and steps[0]():
+            steps.pop(0)
+        return bool(steps)
+
+    def shown(strength: float, crop: bool):
+        def check() -> bool:
+            got = preview.shown
+            return bool(got) and got["options"]["strength"] == strength and got["crop"] == crop
+
+        return check
+
+    def first() -> bool:
+        if not shown(1.0, False)():
+            return False
+        dump("whole")
+        seen["started_before_burst"] = preview.started
+        for strength in (0.9, 0.8, 0.7, 0.6, 0.5):  # as fast as a dragged slider
+            config.set_property("strength", strength)
+        return True
+
+    def after_burst() -> bool:
+        if not shown(0.5, False)():
+            return False
+        seen["started_by_burst"] = preview.started - seen["started_before_burst"]
+        preview.crop.set_active(True)
+        return True
+
+    def cropped() -> bool:
+        if not shown(0.5, True)():
+            return False
+        dump("crop")
+        seen["started_before_supersede"] = preview.started
+        config.set_property("strength", 0.3)
+        return True
+
+    def supersede() -> bool:
+        if preview.started == seen["started_before_supersede"]:
+            return False  # the 0.3 job has not started yet
+        config.set_property("strength", 0.2)  # while it runs
+        return True
+
+    def final() -> bool:
+        if not shown(0.2, True)():
+            return False
+        seen["strengths_shown"] = [s["options"]["strength"] for s in seen["shown"]]
+        dialog.response(Gtk.ResponseType.CANCEL)
+        return True
+
+    steps.extend([first, after_burst, cropped, supersede, final])
+    GLib.timeout_add(10, watch)
+    GLib.timeout_add(120_000, lambda: dialog.response(Gtk.ResponseType.CANCEL))  # a stuck probe
+    dialog.run()
+    dialog.destroy()
+    seen.pop("shown")
+    out.write_text(json.dumps(seen))
+    return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
+
+
 class Probe(Gimp.PlugIn):
     def do_set_i18n(self, name):
         return False
 
     def do_query_procedures(self):
-        return list(PROBES)
+        return [*PROBES, "impasto-probe-preview"]
 
     def do_create_procedure(self, name):
-        procedure = Gimp.Procedure.new(self, name, Gimp.PDBProcType.PLUGIN, probe, None)
-        impasto.add_arguments(procedure, PROBES[name])
+        if name == "impasto-probe-preview":
+            procedure = Gimp.ImageProcedure.new(
+                self, name, Gimp.PDBProcType.PLUGIN, probe_preview, None
+            )
+            impasto.add_arguments(procedure, impasto.STYLIZE)
+        else:
+            procedure = Gimp.Procedure.new(self, name, Gimp.PDBProcType.PLUGIN, probe, None)
+            impasto.add_arguments(procedure, PROBES[name])
         rw = GObject.ParamFlags.READWRITE
         procedure.add_string_argument("out", "Out", "Where the JSON goes", "", rw)
         return procedure

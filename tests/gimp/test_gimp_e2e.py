@@ -30,6 +30,7 @@ import install  # noqa: E402
 
 H, W = 48, 64  # small: the models have random weights and GIMP's start dominates anyway
 BIG = 2048  # for the cancel test: a job that runs long enough to be cancelled
+PH, PW = 600, 800  # for the preview: larger than its 512 px view
 
 # Runs inside GIMP (python-fu-eval). Each case makes its image from raw bytes, calls a procedure
 # non-interactively as a script or another plug-in would, and dumps what a user would see.
@@ -43,6 +44,7 @@ from gi.repository import Gegl, Gimp
 
 OUT = Path(__OUT__)
 H, W = __H__, __W__
+PH, PW = __PH__, __PW__
 BIG = __BIG__
 pdb = Gimp.get_pdb()
 results = {}
@@ -211,6 +213,21 @@ def dialog_config():
         r[name] = json.loads(path.read_text())
     return r
 
+def dialog_preview():
+    # The live preview of a layer larger than the preview, used by a probe plug-in.
+    image = Gimp.Image.new(PW, PH, Gimp.ImageBaseType.RGB)
+    layer = Gimp.Layer.new(image, "big", PW, PH, Gimp.ImageType.RGBA_IMAGE, 100.0,
+                           Gimp.LayerMode.NORMAL)
+    image.insert_layer(layer, None, 0)
+    buffer = layer.get_buffer()
+    buffer.set(rect(layer), "R'G'B'A u8", (OUT / "big.raw").read_bytes())
+    buffer.flush()
+    path = OUT / "preview.json"
+    _, status = call("impasto-probe-preview", image, layer, out=str(path))
+    if status["status"] != "success":
+        return status
+    return {**status, **json.loads(path.read_text())}
+
 def dialog_stylize():
     # As from the menu: the dialog lists the server's styles, the user accepts the defaults.
     image, layer = new_image(*rgba)
@@ -257,7 +274,7 @@ def cancelled():
     r["unchanged"] = bytes(after) == bytes(before)
     return r
 
-dialogs = (dialog_config, dialog_stylize, dialog_upscale) if __DIALOGS__ else ()
+dialogs = (dialog_preview, dialog_config, dialog_stylize, dialog_upscale) if __DIALOGS__ else ()
 cases = (bad_arguments, help_ids, script_fu_example, python_example, new_layer, options, selection, offset, gray, deep,
          upscale_new, upscale_in_place, unknown_model, wrong_kind, indexed, locked, core_missing,
          cancelled)
@@ -287,6 +304,8 @@ def batch_script(out: Path, dialogs: bool, core_file: Path) -> str:
         "__OUT__": repr(str(out)),
         "__H__": str(H),
         "__BIG__": str(BIG),
+        "__PH__": str(PH),
+        "__PW__": str(PW),
         "__W__": str(W),
         "__SCRIPT_FU__": repr(docs_example("scheme", out)),
         "__PYTHON__": repr(docs_example("python", out)),
@@ -297,13 +316,13 @@ def batch_script(out: Path, dialogs: bool, core_file: Path) -> str:
     return script
 
 
-def photo_rgba() -> np.ndarray:
+def photo_rgba(h: int = H, w: int = W) -> np.ndarray:
     """Smooth colour structure and an alpha ramp (alpha must survive untouched)."""
-    y, x = np.mgrid[0:H, 0:W].astype(np.float32)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
     r = 127 + 100 * np.sin(x / 7.0) * np.cos(y / 9.0)
     g = 127 + 90 * np.cos((x + y) / 11.0)
-    b = 40 + 3 * x
-    a = 80 + 175 * (x / (W - 1))
+    b = 40 + 3 * x * W / w
+    a = 80 + 175 * (x / (w - 1))
     return np.clip(np.stack([r, g, b, a], -1), 0, 255).astype(np.uint8)
 
 
@@ -331,6 +350,7 @@ def session(tmp_path_factory: pytest.TempPathFactory, gimp_root: Path):
     image = photo_rgba()
     (out / "rgba.raw").write_bytes(image.tobytes())
     (out / "gray.raw").write_bytes(image[..., 1].tobytes())
+    (out / "big.raw").write_bytes(photo_rgba(PH, PW).tobytes())
     Image.fromarray(image[..., :3]).save(out / "photo.jpg", quality=95)
     home = work / "home"
     plugin = install.install_plugin_into(home / ".config" / "GIMP" / "3.0", Path(sys.executable))
@@ -634,3 +654,27 @@ def test_dialog_sliders_tooltips_and_where_it_runs(session) -> None:
     assert case["loaded"]["model_tooltip"] == "Broad\nB. Painter"
     # Where it runs, from the server's health answer (this server: the CPU).
     assert any(text.startswith("Runs on CPU, ") for text in opened["labels"])
+
+
+def test_dialog_preview_shows_what_ok_gives_and_follows_the_options(session) -> None:
+    out, results, _ = session
+    case = dialog_case(results, "dialog_preview")
+    assert any(text.startswith("Preparing Tiny") for text in case["texts"])  # first use
+    models = out.parent / "models"
+    whole = np.frombuffer((out / "preview-whole-view.raw").read_bytes(), np.uint8)
+    thumbnail = whole.reshape(case["sent"]["whole"]["size"][::-1] + [4])  # longest side 512
+    assert max(thumbnail.shape[:2]) == 512
+    # The whole view: the core's preview of those pixels (its statistics: the 768 px thumbnail).
+    shown = np.frombuffer((out / "preview-whole.raw").read_bytes(), np.uint8)
+    assert shown.reshape(thumbnail.shape).std() > 5  # a picture, not a blank
+    # The 1:1 centre: what OK gives there (the layer stylized whole), away from the crop's edges.
+    big = photo_rgba(PH, PW)
+    full = engine_result("stylize", big, "tiny", models, strength=0.5)
+    crop = np.frombuffer((out / "preview-crop.raw").read_bytes(), np.uint8).reshape(512, 512, 4)
+    y, x = (PH - 512) // 2, (PW - 512) // 2
+    inner = slice(48, -48)
+    diff = np.abs(crop[inner, inner].astype(int) - full[y : y + 512, x : x + 512][inner, inner])
+    assert diff.mean() < 2, diff.mean()
+    assert case["started_by_burst"] == 1  # five quick changes, one job
+    assert 0.3 not in case["strengths_shown"]  # superseded while it ran: never shown
+    assert case["strengths_shown"][-1] == 0.2
