@@ -3,7 +3,8 @@
 It shows the layer (the selection's bounds, as OK processes them) downscaled, or its centre at
 1:1, stylized with the statistics of a thumbnail of the whole region: the ones OK's job measures,
 so the colours and contrast are OK's. A change of the options restarts a short timer (dragging a
-slider sends one job, not one per step); a newer job cancels the one still running.
+slider sends one job, not one per step); a change cancels the job still running, whose answer is
+then never shown.
 """
 
 import threading
@@ -53,8 +54,11 @@ def as_pixbuf(data: bytes, width: int, height: int, fmt: str) -> GdkPixbuf.Pixbu
 class Preview:
     """The preview's widgets (``widget``) and the jobs behind them."""
 
-    def __init__(self, client, drawable, box: tuple, fmt: str, channels: int, config, names):
-        self.client, self.config, self.fmt, self.channels = client, config, fmt, channels
+    def __init__(self, client, drawable, box: tuple, exchange: tuple, config, names):
+        """``exchange``: (babl format, channels, core sample type) of the drawable's pixels."""
+        self.client, self.config = client, config
+        self.fmt, self.channels, self.dtype = exchange
+        fmt = self.fmt
         self.names = names  # model name -> the label people see
         self.whole = read_scaled(drawable, box, THUMBNAIL_SIDE, fmt)
         self.views = {
@@ -83,14 +87,16 @@ class Preview:
             self.changed()
 
     def changed(self) -> None:
-        """Options changed: (re)start the timer; the job starts when they stop changing."""
+        """Options changed: the running job is stale (cancelled, its answer dropped); (re)start
+        the timer, and the next job starts when they stop changing."""
+        self.cancel.set()
+        self.generation += 1
         if self.timer:
             GLib.source_remove(self.timer)
         self.timer = GLib.timeout_add(DEBOUNCE_MS, self.start)
 
     def start(self) -> bool:
         self.timer = 0
-        self.cancel.set()  # the job still running, if any, is superseded
         self.cancel = threading.Event()
         self.generation += 1
         self.started += 1
@@ -124,6 +130,7 @@ class Preview:
                 scale=options["style-scale"],
                 cancel=cancel,
                 phase=phase,
+                dtype=self.dtype,
             )
         except Cancelled:
             return
