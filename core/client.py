@@ -30,6 +30,7 @@ from core.connection import (
     read_connection,
     server_running,
 )
+from core.requests import SAMPLE_TYPES
 
 REPO = Path(__file__).resolve().parent.parent
 LOG_KEEP = 1 << 20  # the log is rotated once it grows past this many bytes
@@ -119,8 +120,10 @@ class Client:
         cancel: threading.Event | None = None,
         queued: Callable[[int], None] | None = None,
         phase: Callable[[str], None] | None = None,
+        dtype: str = "u8",
     ) -> bytes:
-        """Stylize 8-bit interleaved pixels (1-4 channels); returns the same layout.
+        """Stylize interleaved pixels (1-4 channels of ``dtype``: u8, u16 or f32, gamma-encoded,
+        native little-endian); returns the same layout.
 
         ``progress`` gets the fraction done, ``queued`` the number of jobs ahead while waiting,
         ``phase`` the job's phase (protocol.md: loading, statistics, tiles) at every status event,
@@ -134,6 +137,7 @@ class Client:
             "strength": strength,
             "preserve_colors": int(bool(preserve_colors)),
             "scale": scale,
+            "dtype": dtype,
         }
         return self._job("stylize", params, pixels, progress, cancel, queued, phase, 1)[0]
 
@@ -150,8 +154,9 @@ class Client:
         scale: float = 1.0,
         cancel: threading.Event | None = None,
         phase: Callable[[str], None] | None = None,
+        dtype: str = "u8",
     ) -> bytes:
-        """A preview: ``view`` (8-bit pixels: a crop, or a downscaled copy of the image) stylized
+        """A preview: ``view`` (pixels as for stylize: a crop, or a downscaled copy of the image) stylized
         with the statistics of ``whole`` = (pixels, width, height), a thumbnail of the image with
         its longest side at most 768 (the engine's THUMBNAIL_SIDE), as stylize would."""
         pixels, whole_width, whole_height = whole
@@ -165,6 +170,7 @@ class Client:
             "strength": strength,
             "preserve_colors": int(bool(preserve_colors)),
             "scale": scale,
+            "dtype": dtype,
         }
         return self._job("preview", params, view + pixels, None, cancel, None, phase, 1)[0]
 
@@ -179,9 +185,16 @@ class Client:
         cancel: threading.Event | None = None,
         queued: Callable[[int], None] | None = None,
         phase: Callable[[str], None] | None = None,
+        dtype: str = "u8",
     ) -> tuple[bytes, int, int]:
-        """Upscale 8-bit interleaved pixels x4; returns (pixels, new width, new height)."""
-        params = {"model": model, "width": width, "height": height, "channels": channels}
+        """Upscale interleaved pixels (as for stylize) x4; returns (pixels, new width, new height)."""
+        params = {
+            "model": model,
+            "width": width,
+            "height": height,
+            "channels": channels,
+            "dtype": dtype,
+        }
         return self._job("upscale", params, pixels, progress, cancel, queued, phase, 4)
 
     def running(self) -> bool:
@@ -372,7 +385,8 @@ class Client:
 
         data, width, height = self._retrying(send, cancel)
         expected = (params["width"] * scale, params["height"] * scale)
-        if (width, height) != expected or len(data) != width * height * params["channels"]:
+        size = width * height * params["channels"] * SAMPLE_TYPES[params["dtype"]][1]
+        if (width, height) != expected or len(data) != size:
             raise ImpastoError(
                 f"the Impasto server sent a {width}x{height} result of {len(data)} bytes for a "
                 f"{expected[0]}x{expected[1]} image with {params['channels']} channels: it is "

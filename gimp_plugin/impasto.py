@@ -31,13 +31,14 @@ OUTPUTS = {
     UPSCALE: (("new-image", "New image"), ("in-place", "Resize this image")),
 }
 
-# babl formats by (grayscale, has alpha): 8 bits per channel, gamma-encoded, as the core expects.
-FORMATS = {
-    (False, False): ("R'G'B' u8", 3),
-    (False, True): ("R'G'B'A u8", 4),
-    (True, False): ("Y' u8", 1),
-    (True, True): ("Y'A u8", 2),
-}
+# babl components by (grayscale, has alpha), always gamma-encoded: the networks' domain. GIMP
+# converts a linear image's pixels both ways (in float that loses nothing).
+COMPONENTS = {(False, False): ("R'G'B'", 3), (False, True): ("R'G'B'A", 4)}
+COMPONENTS |= {(True, False): ("Y'", 1), (True, True): ("Y'A", 2)}
+# The image's precision (its nick's first word) -> babl type and the core's sample type: each
+# image exchanges pixels at its own depth (u32 and double fit the core's u16 and f32).
+SAMPLES = {"u8": ("u8", "u8"), "u16": ("u16", "u16"), "u32": ("u16", "u16")}
+SAMPLES |= {"half": ("float", "f32"), "float": ("float", "f32"), "double": ("float", "f32")}
 
 
 class PluginError(Exception):
@@ -118,10 +119,13 @@ def job_progress(title: str, verb: str, model: str) -> dict:
 
 
 def pixel_format(drawable) -> tuple:
-    """The babl format and channel count to exchange this drawable's pixels with the core."""
+    """(babl format, channels, core sample type) to exchange this drawable's pixels with the core
+    at the image's own precision."""
     if drawable.is_indexed():
         raise PluginError("Indexed images are not supported: use Image > Mode > RGB first.")
-    return FORMATS[(drawable.is_gray(), drawable.has_alpha())]
+    components, channels = COMPONENTS[(drawable.is_gray(), drawable.has_alpha())]
+    babl_type, dtype = SAMPLES[drawable.get_image().get_precision().value_nick.split("-")[0]]
+    return f"{components} {babl_type}", channels, dtype
 
 
 def read_pixels(drawable, x: int, y: int, width: int, height: int, fmt: str) -> bytes:
@@ -167,7 +171,7 @@ def stylize(image, drawable, client, config) -> None:
         raise PluginError(
             "The selection does not touch this layer: change it or use Select > None."
         )
-    fmt, channels = pixel_format(drawable)
+    fmt, channels, dtype = pixel_format(drawable)
     title = f"Neural style: {label(style)}"
     Gimp.progress_init(f"{title}: reading the layer")
     pixels = read_pixels(drawable, x, y, width, height, fmt)
@@ -180,6 +184,7 @@ def stylize(image, drawable, client, config) -> None:
         strength=config.get_property("strength"),
         preserve_colors=config.get_property("preserve-colors"),
         scale=config.get_property("style-scale"),
+        dtype=dtype,
         **job_progress(title, "painting", label(style)),
     )
     Gimp.progress_set_text(f"{title}: writing the result into the layer")
@@ -199,7 +204,7 @@ def stylize(image, drawable, client, config) -> None:
 def upscale(image, drawable, client, config, interactive: bool):
     """Upscale the layer x4 with a super-resolution model, into a new image or in place."""
     model = pick_model(client.models("sr"), config.get_property("model"), "upscaling model")
-    fmt, channels = pixel_format(drawable)
+    fmt, channels, dtype = pixel_format(drawable)
     width, height = drawable.get_width(), drawable.get_height()
     title = label(model)
     Gimp.progress_init(f"{title}: reading the layer")
@@ -210,11 +215,14 @@ def upscale(image, drawable, client, config, interactive: bool):
         height,
         channels,
         model["name"],
+        dtype=dtype,
         **job_progress(title, "upscaling", title),
     )
     Gimp.progress_set_text(f"{title}: writing the result")
     if config.get_property("output") == "new-image":
-        target_image = Gimp.Image.new(new_width, new_height, image.get_base_type())
+        target_image = Gimp.Image.new_with_precision(
+            new_width, new_height, image.get_base_type(), image.get_precision()
+        )
         layer = Gimp.Layer.new(
             target_image,
             drawable.get_name(),
@@ -348,9 +356,8 @@ def add_preview(dialog, client, drawable, config, models: list):
     inside, *box = drawable.mask_intersect()
     if not inside:
         return None  # OK says why
-    fmt, channels = pixel_format(drawable)
     names = {m["name"]: label(m) for m in models}
-    preview = Preview(client, drawable, tuple(box), fmt, channels, config, names)
+    preview = Preview(client, drawable, tuple(box), pixel_format(drawable), config, names)
     content = dialog.get_content_area()
     content.pack_start(preview.widget, False, False, 6)
     content.reorder_child(preview.widget, 0)

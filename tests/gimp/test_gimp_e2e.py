@@ -159,6 +159,32 @@ def deep():
     dump(layer, "deep", "R'G'B'A u8")
     return r
 
+def precise(precision, fmt, raw):
+    # A 1024-level ramp in an image of that precision, stylized at strength 0 (the identity), then
+    # upscaled into a new image: nothing may be lost to an 8-bit exchange.
+    image = Gimp.Image.new_with_precision(1024, 16, Gimp.ImageBaseType.RGB, precision)
+    layer = Gimp.Layer.new(image, "ramp", 1024, 16, Gimp.ImageType.RGB_IMAGE, 100.0,
+                           Gimp.LayerMode.NORMAL)
+    image.insert_layer(layer, None, 0)
+    buffer = layer.get_buffer()
+    buffer.set(rect(layer), fmt, (OUT / raw).read_bytes())
+    buffer.flush()
+    _, r = call("plug-in-impasto-stylize", image, layer, model="tiny", strength=0.0,
+                output="in-place")
+    dump(layer, raw.replace(".raw", "_styled"), fmt)
+    values, up = call("plug-in-impasto-upscale", image, layer, model="sr")
+    r["upscale"] = up
+    if up["status"] == "success":
+        r["precision"] = values.index(1).get_precision().value_nick
+    r["source_precision"] = image.get_precision().value_nick
+    return r
+
+def deep_u16():
+    return precise(Gimp.Precision.U16_NON_LINEAR, "R'G'B' u16", "ramp_u16.raw")
+
+def deep_float():
+    return precise(Gimp.Precision.FLOAT_LINEAR, "R'G'B' float", "ramp_f32.raw")
+
 def upscale_new():
     # Into a new image, returned to the caller.
     image, layer = new_image(*rgba)
@@ -275,7 +301,7 @@ def cancelled():
     return r
 
 dialogs = (dialog_preview, dialog_config, dialog_stylize, dialog_upscale) if __DIALOGS__ else ()
-cases = (bad_arguments, help_ids, script_fu_example, python_example, new_layer, options, selection, offset, gray, deep,
+cases = (deep_u16, deep_float, bad_arguments, help_ids, script_fu_example, python_example, new_layer, options, selection, offset, gray, deep,
          upscale_new, upscale_in_place, unknown_model, wrong_kind, indexed, locked, core_missing,
          cancelled)
 for case in (*dialogs, *cases):
@@ -316,6 +342,13 @@ def batch_script(out: Path, dialogs: bool, core_file: Path) -> str:
     return script
 
 
+def ramps() -> dict:
+    """1024 levels across 1024 pixels, per channel shifted, as u16 and as float."""
+    levels = (np.arange(1024)[None, :, None] + np.array([0, 341, 682])) % 1024 / 1023
+    ramp = np.repeat(levels, 16, axis=0)
+    return {"u16": np.rint(ramp * 65535).astype("<u2"), "f32": ramp.astype("<f4")}
+
+
 def photo_rgba(h: int = H, w: int = W) -> np.ndarray:
     """Smooth colour structure and an alpha ramp (alpha must survive untouched)."""
     y, x = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -351,6 +384,8 @@ def session(tmp_path_factory: pytest.TempPathFactory, gimp_root: Path):
     (out / "rgba.raw").write_bytes(image.tobytes())
     (out / "gray.raw").write_bytes(image[..., 1].tobytes())
     (out / "big.raw").write_bytes(photo_rgba(PH, PW).tobytes())
+    for name, ramp in ramps().items():
+        (out / f"ramp_{name}.raw").write_bytes(ramp.tobytes())
     Image.fromarray(image[..., :3]).save(out / "photo.jpg", quality=95)
     home = work / "home"
     plugin = install.install_plugin_into(home / ".config" / "GIMP" / "3.0", Path(sys.executable))
@@ -678,3 +713,18 @@ def test_dialog_preview_shows_what_ok_gives_and_follows_the_options(session) -> 
     assert case["started_by_burst"] == 1  # five quick changes, one job
     assert 0.3 not in case["strengths_shown"]  # superseded while it ran: never shown
     assert case["strengths_shown"][-1] == 0.2
+
+
+@pytest.mark.parametrize("name", ["u16", "f32"])
+def test_16_bit_and_float_images_keep_their_precision(session, name) -> None:
+    out, results, _ = session
+    case = results[{"u16": "deep_u16", "f32": "deep_float"}[name]]
+    assert case["status"] == "success", case["error"]
+    ramp = ramps()[name]
+    got = np.frombuffer((out / f"ramp_{name}_styled.raw").read_bytes(), ramp.dtype)
+    got = got.reshape(ramp.shape)
+    assert len(np.unique(got[..., 0])) == 1024  # not the 256 of an 8-bit round trip
+    tolerance = 1 if name == "u16" else 1e-5  # float: GIMP's linear <-> perceptual conversions
+    assert np.abs(got.astype(float) - ramp).max() <= tolerance  # strength 0: the original
+    assert case["upscale"]["status"] == "success", case["upscale"]["error"]
+    assert case["precision"] == case["source_precision"]  # the x4 image is just as deep
