@@ -188,18 +188,42 @@ def probe_preview(procedure, run_mode, image, drawables, config, _data):
     return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
 
 
+def probe_progress(procedure, run_mode, image, drawables, config, _data):
+    """Neural Style's job with GIMP's progress calls recorded on their way to GIMP (each still
+    goes through): what the status bar told the user, in order."""
+    out = Path(config.get_property("out"))
+    calls = []
+
+    def recorded(name: str):
+        real = getattr(Gimp, name)
+
+        def call(*args):
+            calls.append([name, *args])
+            return real(*args)
+
+        return call
+
+    for name in ("progress_init", "progress_set_text", "progress_update", "progress_pulse"):
+        setattr(Gimp, name, recorded(name))
+    impasto.stylize(image, drawables[0], impasto.connect(), config)
+    out.write_text(json.dumps(calls))
+    return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
+
+
+IMAGE_PROBES = {"impasto-probe-preview": probe_preview, "impasto-probe-progress": probe_progress}
+
+
 class Probe(Gimp.PlugIn):
     def do_set_i18n(self, name):
         return False
 
     def do_query_procedures(self):
-        return [*PROBES, "impasto-probe-preview"]
+        return [*PROBES, *IMAGE_PROBES]
 
     def do_create_procedure(self, name):
-        if name == "impasto-probe-preview":
-            procedure = Gimp.ImageProcedure.new(
-                self, name, Gimp.PDBProcType.PLUGIN, probe_preview, None
-            )
+        if name in IMAGE_PROBES:
+            run = IMAGE_PROBES[name]
+            procedure = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, run, None)
             impasto.add_arguments(procedure, impasto.STYLIZE)
         else:
             procedure = Gimp.Procedure.new(self, name, Gimp.PDBProcType.PLUGIN, probe, None)

@@ -239,6 +239,20 @@ def dialog_config():
         r[name] = json.loads(path.read_text())
     return r
 
+def progress():
+    # A tiled job of a style not used yet (wide), with GIMP's progress calls recorded.
+    image = Gimp.Image.new(1200, 1100, Gimp.ImageBaseType.RGB)
+    layer = Gimp.Layer.new(image, "big", 1200, 1100, Gimp.ImageType.RGB_IMAGE, 100.0,
+                           Gimp.LayerMode.NORMAL)
+    image.insert_layer(layer, None, 0)
+    layer.fill(Gimp.FillType.WHITE)
+    path = OUT / "progress.json"
+    _, status = call("impasto-probe-progress", image, layer, out=str(path), model="wide",
+                     output="in-place")
+    if status["status"] != "success":
+        return status
+    return {**status, "calls": json.loads(path.read_text())}
+
 def dialog_preview():
     # The live preview of a layer larger than the preview, used by a probe plug-in.
     image = Gimp.Image.new(PW, PH, Gimp.ImageBaseType.RGB)
@@ -301,7 +315,7 @@ def cancelled():
     return r
 
 dialogs = (dialog_preview, dialog_config, dialog_stylize, dialog_upscale) if __DIALOGS__ else ()
-cases = (deep_u16, deep_float, bad_arguments, help_ids, script_fu_example, python_example, new_layer, options, selection, offset, gray, deep,
+cases = (progress, deep_u16, deep_float, bad_arguments, help_ids, script_fu_example, python_example, new_layer, options, selection, offset, gray, deep,
          upscale_new, upscale_in_place, unknown_model, wrong_kind, indexed, locked, core_missing,
          cancelled)
 for case in (*dialogs, *cases):
@@ -728,3 +742,18 @@ def test_16_bit_and_float_images_keep_their_precision(session, name) -> None:
     assert np.abs(got.astype(float) - ramp).max() <= tolerance  # strength 0: the original
     assert case["upscale"]["status"] == "success", case["upscale"]["error"]
     assert case["precision"] == case["source_precision"]  # the x4 image is just as deep
+
+
+def test_progress_names_each_phase_and_the_bar_moves(session) -> None:
+    _, results, _ = session
+    case = results["progress"]
+    assert case["status"] == "success", case["error"]
+    texts = [c[1] for c in case["calls"] if c[0] in ("progress_init", "progress_set_text")]
+    phases = ["reading the layer", "preparing Wide", "measuring the whole image", "painting"]
+    phases.append("writing the result")
+    found = [next((i for i, t in enumerate(texts) if p in t), None) for p in phases]
+    assert None not in found and found == sorted(found), texts  # each phase, in order
+    assert not any("waiting for 0" in t or "connecting" in t for t in texts)
+    fractions = [c[1] for c in case["calls"] if c[0] == "progress_update"]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert len([f for f in fractions if 0 < f < 1]) >= 3  # it moves tile by tile, not in one jump
