@@ -323,9 +323,9 @@ def build_dialog(name: str, procedure, config, models: list, health: dict, title
 
     config.connect("notify::model", model_changed)
     model_changed()
+    if config.get_property("output") not in [nick for nick, _ in OUTPUTS[name]]:
+        config.set_property("output", OUTPUTS[name][0][0])  # e.g. remembered from a script's call
     output_combo = bound_combo(config, "output", list(OUTPUTS[name]))
-    if output_combo.get_active_id() is None:  # a value GIMP remembered from an older version
-        config.set_property("output", OUTPUTS[name][0][0])
 
     properties = ["runs-on"]
     dialog.get_label("runs-on", where_it_runs(health), False, False)

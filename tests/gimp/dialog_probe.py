@@ -111,10 +111,11 @@ def probe_preview(procedure, run_mode, image, drawables, config, _data):
     client = impasto.connect()
     models, health = client.models("style"), client.health()
     name = impasto.STYLIZE
-    dialog = impasto.build_dialog(name, procedure, config, models, health, "probe")[0]
+    config.set_property("output", "in-place")  # as last used: the dialog must keep it
+    dialog, _, output = impasto.build_dialog(name, procedure, config, models, health, "probe")
     config.set_property("model", "tiny")
     preview = impasto.add_preview(dialog, client, drawables[0], config, models)
-    seen = {"texts": [], "shown": [], "sent": {}}
+    seen = {"texts": [], "shown": [], "sent": {}, "output": active(output)}
     steps = []
 
     def dump(tag: str) -> None:

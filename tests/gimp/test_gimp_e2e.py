@@ -709,6 +709,7 @@ def test_dialog_preview_shows_what_ok_gives_and_follows_the_options(session) -> 
     out, results, _ = session
     case = dialog_case(results, "dialog_preview")
     assert any(text.startswith("Preparing Tiny") for text in case["texts"])  # first use
+    assert case["output"] == "in-place"  # the last used output, kept
     models = out.parent / "models"
     whole = np.frombuffer((out / "preview-whole-view.raw").read_bytes(), np.uint8)
     thumbnail = whole.reshape(case["sent"]["whole"]["size"][::-1] + [4])  # longest side 512
