@@ -66,6 +66,7 @@ class Preview:
             True: read_scaled(drawable, centre(box, VIEW_SIDE), VIEW_SIDE, fmt),
         }
         self.image = Gtk.Image()
+        self.image.set_size_request(VIEW_SIDE, VIEW_SIDE)  # the dialog does not jump when it comes
         self.status = Gtk.Label(label="")
         self.crop = Gtk.CheckButton(label="1:1 (the centre at full size)")
         self.widget = Gtk.Box(orientation=Gtk.Orientation.VERTICAL, spacing=4)

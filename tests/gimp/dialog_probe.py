@@ -211,7 +211,54 @@ def probe_progress(procedure, run_mode, image, drawables, config, _data):
     return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
 
 
-IMAGE_PROBES = {"impasto-probe-preview": probe_preview, "impasto-probe-progress": probe_progress}
+def probe_screenshot(procedure, run_mode, image, drawables, config, _data):
+    """Neural Style's dialog as a user sees it, once its preview is in: the whole view, then the
+    1:1 crop; each saved as out-NAME.png (for docs/gimp.md, by bench/gimp_screenshots.py)."""
+    gi.require_version("Gdk", "3.0")
+    from gi.repository import Gdk
+
+    out = Path(config.get_property("out"))
+    client = impasto.connect()
+    models, health = client.models("style"), client.health()
+    name = impasto.STYLIZE
+    # Titled apart from "Neural Style", which the test display's watcher accepts at once.
+    dialog = impasto.build_dialog(name, procedure, config, models, health, "screenshot")[0]
+    preview = impasto.add_preview(dialog, client, drawables[0], config, models)
+    wanted = [False, True]  # crop off, then on
+
+    ready = []
+
+    def capture() -> bool:
+        shown = preview.shown
+        if not shown or shown["crop"] != wanted[0]:
+            return True  # not there yet
+        if not ready:
+            ready.append(True)  # drawn by the next tick
+            return True
+        ready.clear()
+        window = dialog.get_window()
+        width, height = window.get_width(), window.get_height()
+        shot = Gdk.pixbuf_get_from_window(window, 0, 0, width, height)
+        shot.savev(str(out.parent / f"{out.stem}-{'1to1' if wanted[0] else 'whole'}.png"), "png")
+        wanted.pop(0)
+        if wanted:
+            preview.crop.set_active(True)
+            return True
+        dialog.response(Gtk.ResponseType.CANCEL)
+        return False
+
+    GLib.timeout_add(500, capture)  # after the widgets are drawn
+    GLib.timeout_add(300_000, lambda: dialog.response(Gtk.ResponseType.CANCEL))
+    dialog.run()
+    dialog.destroy()
+    return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
+
+
+IMAGE_PROBES = {
+    "impasto-probe-screenshot": probe_screenshot,
+    "impasto-probe-preview": probe_preview,
+    "impasto-probe-progress": probe_progress,
+}
 
 
 class Probe(Gimp.PlugIn):
