@@ -142,7 +142,11 @@ class Engine:
         cancel: threading.Event | None = None,
         phase: Phase | None = None,
     ) -> np.ndarray:
-        """Stylise an HxWxC image (C 1-4; uint8, uint16 or float32): same shape and dtype back."""
+        """Stylise an HxWxC image (C 1-4; uint8, uint16 or float32): same shape and dtype back.
+
+        float32 may hold values above 1 (HDR): the network sees the image clipped to 0..1 and
+        gives 0..1; the strength blend and preserve_colors use the original as it is, so values
+        above 1 survive as far as they are blended in (all of them at strength 0)."""
 
         def run(loaded: _Loaded, rgb: np.ndarray) -> np.ndarray:
             return self._run(loaded, rgb, progress, cancel, phase=phase)
@@ -162,7 +166,7 @@ class Engine:
         statistics of ``whole``, a thumbnail of that image (longest side up to THUMBNAIL_SIDE),
         measured as stylize measures them for an image larger than a tile: what stylize gives
         there, at that scale."""
-        whole_rgb = _split(whole)[0]
+        whole_rgb = np.clip(_split(whole)[0], 0, 1)  # as stylize's network sees it
 
         def run(loaded: _Loaded, rgb: np.ndarray) -> np.ndarray:
             try:
@@ -189,20 +193,23 @@ class Engine:
         options = options or StyleOptions()
         _check_options(options)
         rgb, alpha = _split(image)
+        # The network knows 0..1; a float image's values beyond stay in what is blended with it.
+        seen = np.clip(rgb, 0, 1) if image.dtype == np.float32 else rgb
         with self._lock:
             loaded = self._load(model, "style", phase)
             h, w = rgb.shape[:2]
             if options.scale == 1:
-                styled = run(loaded, rgb)
+                styled = run(loaded, seen)
             else:
                 size = (
                     max(MIN_SIDE, round(h * options.scale)),
                     max(MIN_SIDE, round(w * options.scale)),
                 )
-                styled = _resize(run(loaded, _resize(rgb, size)), (h, w))
+                styled = _resize(run(loaded, _resize(seen, size)), (h, w))
+        np.clip(styled, 0, 1, out=styled)  # what the network means; blends may leave 0..1 below
         if options.preserve_colors:
             # Original chroma, stylised luminance: add the change in luma to every channel.
-            delta = _luma(styled) - _luma(rgb)
+            delta = _luma(styled) - _luma(seen)
             np.copyto(styled, rgb)
             styled += delta[..., None]
         if options.strength != 1:
@@ -221,10 +228,15 @@ class Engine:
     ) -> np.ndarray:
         """Upscale an HxWxC image x4 (C 1-4; uint8, uint16 or float32): 4Hx4WxC, same dtype back."""
         rgb, alpha = _split(image)
+        if image.dtype == np.float32:
+            np.clip(
+                rgb, 0, 1, out=rgb
+            )  # the network knows 0..1 only: a float image's beyond is lost
         with self._lock:
             loaded = self._load(model, "sr", phase)
             scale = 4
             upscaled = self._run(loaded, rgb, progress, cancel, scale=scale, phase=phase)
+        np.clip(upscaled, 0, 1, out=upscaled)
         if alpha is not None:
             size = (alpha.shape[0] * scale, alpha.shape[1] * scale)
             alpha = _from_float(np.clip(_resize(_to_float(alpha), size), 0, 1), alpha.dtype)
@@ -529,7 +541,10 @@ def _split(image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
 def _join(rgb: np.ndarray, alpha: np.ndarray | None, like: np.ndarray) -> np.ndarray:
     """Float RGB back to the layout and dtype of ``like`` (gray stays gray), alpha appended."""
     channels = 1 if like.ndim == 2 else like.shape[2]
-    np.clip(rgb, 0, 1, out=rgb)
+    if like.dtype == np.float32:
+        np.maximum(rgb, 0, out=rgb)  # float keeps values above 1 (HDR highlights); none below 0
+    else:
+        np.clip(rgb, 0, 1, out=rgb)
     out = _from_float(_luma(rgb)[..., None] if channels < 3 else rgb, like.dtype)
     if alpha is not None:
         out = np.concatenate([out, alpha], axis=2)
@@ -538,7 +553,7 @@ def _join(rgb: np.ndarray, alpha: np.ndarray | None, like: np.ndarray) -> np.nda
 
 def _to_float(pixels: np.ndarray) -> np.ndarray:
     if pixels.dtype == np.float32:
-        return np.clip(pixels, 0, 1)
+        return np.maximum(pixels, 0)  # values above 1 kept; stylize shows the network 0..1 only
     return pixels.astype(np.float32) / np.float32(np.iinfo(pixels.dtype).max)
 
 
