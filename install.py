@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import html
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,6 +28,8 @@ REPO = Path(__file__).resolve().parent
 PLUGIN_NAME = "impasto"  # GIMP wants plug-ins/NAME/NAME.py
 PLUGIN_SOURCE = REPO / "gimp_plugin" / f"{PLUGIN_NAME}.py"
 CORE_FILE = "impasto-core.json"  # next to the installed plug-in: where the core's Python is
+HELP_SOURCE = REPO / "gimp_plugin" / "help"  # the plug-in's GIMP help domain (gimp-help.xml)
+HELP_PAGE = "impasto.html"  # made from docs/gimp.md: the page GIMP's Help buttons open
 MANIFEST = "install.json"  # in the user data folder: what this installer created
 SAMPLE = REPO / "docs" / "sample.jpg"
 MIN_PYTHON = (3, 10)
@@ -218,9 +222,30 @@ def install_plugin_into(profile: Path, python: Path, manifest: dict | None = Non
     target = folder / PLUGIN_SOURCE.name
     shutil.copyfile(PLUGIN_SOURCE, target)
     target.chmod(0o755)  # GIMP only runs executable plug-ins
+    for module in PLUGIN_SOURCE.parent.glob(f"{PLUGIN_NAME}_*.py"):  # the plug-in's own modules
+        shutil.copyfile(module, folder / module.name)
+    shutil.copytree(HELP_SOURCE, folder / "help", dirs_exist_ok=True)
+    (folder / "help" / "en" / HELP_PAGE).write_text(help_page(), encoding="utf-8")
     core = {"python": str(python), "repo": str(REPO)}
     (folder / CORE_FILE).write_text(json.dumps(core, indent=2) + "\n", encoding="utf-8")
     return folder
+
+
+def help_page() -> str:
+    """docs/gimp.md as a page any browser shows (GIMP opens help in one): the text as written,
+    with an anchor at each heading ("## Filters > Upscale x4..." -> #filters-upscale-x4)."""
+    lines = []
+    for line in (REPO / "docs" / "gimp.md").read_text(encoding="utf-8").splitlines():
+        text = html.escape(line)
+        if line.startswith("#"):
+            slug = re.sub(r"[^a-z0-9]+", "-", line.lstrip("#").lower()).strip("-")
+            text = f'<a id="{slug}"></a><b>{text}</b>'
+        lines.append(text)
+    body = "\n".join(lines)
+    return (
+        '<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>Impasto in GIMP 3</title></head>\n'
+        f'<body><pre style="white-space: pre-wrap; max-width: 60em">{body}</pre></body></html>\n'
+    )
 
 
 def install_plugin(python: Path, manifest: dict) -> list[Path]:

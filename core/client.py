@@ -30,6 +30,7 @@ from core.connection import (
     read_connection,
     server_running,
 )
+from core.requests import SAMPLE_TYPES
 
 REPO = Path(__file__).resolve().parent.parent
 LOG_KEEP = 1 << 20  # the log is rotated once it grows past this many bytes
@@ -118,10 +119,15 @@ class Client:
         progress: Callable[[float], None] | None = None,
         cancel: threading.Event | None = None,
         queued: Callable[[int], None] | None = None,
+        phase: Callable[[str], None] | None = None,
+        dtype: str = "u8",
     ) -> bytes:
-        """Stylize 8-bit interleaved pixels (1-4 channels); returns the same layout.
+        """Stylize interleaved pixels (1-4 channels of ``dtype``: u8, u16 or f32, gamma-encoded,
+        native little-endian); returns the same layout.
 
-        ``progress`` gets the fraction done, ``queued`` the number of jobs ahead while waiting.
+        ``progress`` gets the fraction done, ``queued`` the number of jobs ahead while waiting,
+        ``phase`` the job's phase (protocol.md: loading, statistics, tiles) at every status event,
+        about twice a second, so a caller can keep an indeterminate bar moving.
         """
         params = {
             "model": model,
@@ -131,8 +137,42 @@ class Client:
             "strength": strength,
             "preserve_colors": int(bool(preserve_colors)),
             "scale": scale,
+            "dtype": dtype,
         }
-        return self._job("stylize", params, pixels, progress, cancel, queued, 1)[0]
+        return self._job("stylize", params, pixels, progress, cancel, queued, phase, 1)[0]
+
+    def preview(
+        self,
+        view: bytes,
+        width: int,
+        height: int,
+        channels: int,
+        whole: tuple[bytes, int, int],
+        model: str,
+        strength: float = 1.0,
+        preserve_colors: bool = False,
+        scale: float = 1.0,
+        cancel: threading.Event | None = None,
+        phase: Callable[[str], None] | None = None,
+        dtype: str = "u8",
+    ) -> bytes:
+        """A preview: ``view`` (pixels as for stylize: a crop, or a downscaled copy of the image) stylized
+        with the statistics of ``whole`` = (pixels, width, height), a thumbnail of the image with
+        its longest side at most 768 (the engine's THUMBNAIL_SIDE), as stylize would."""
+        pixels, whole_width, whole_height = whole
+        params = {
+            "model": model,
+            "width": width,
+            "height": height,
+            "channels": channels,
+            "stats_width": whole_width,
+            "stats_height": whole_height,
+            "strength": strength,
+            "preserve_colors": int(bool(preserve_colors)),
+            "scale": scale,
+            "dtype": dtype,
+        }
+        return self._job("preview", params, view + pixels, None, cancel, None, phase, 1)[0]
 
     def upscale(
         self,
@@ -144,10 +184,23 @@ class Client:
         progress: Callable[[float], None] | None = None,
         cancel: threading.Event | None = None,
         queued: Callable[[int], None] | None = None,
+        phase: Callable[[str], None] | None = None,
+        dtype: str = "u8",
     ) -> tuple[bytes, int, int]:
-        """Upscale 8-bit interleaved pixels x4; returns (pixels, new width, new height)."""
-        params = {"model": model, "width": width, "height": height, "channels": channels}
-        return self._job("upscale", params, pixels, progress, cancel, queued, 4)
+        """Upscale interleaved pixels (as for stylize) x4; returns (pixels, new width, new height)."""
+        params = {
+            "model": model,
+            "width": width,
+            "height": height,
+            "channels": channels,
+            "dtype": dtype,
+        }
+        return self._job("upscale", params, pixels, progress, cancel, queued, phase, 4)
+
+    def running(self) -> bool:
+        """Whether a server answers now (nothing is started): a caller can say a start is coming."""
+        info = _published()
+        return bool(info and probe(info, self.timeout))
 
     def shutdown(self) -> None:
         """Ask a running server to exit (cancelling its jobs); nothing happens if none runs."""
@@ -317,6 +370,7 @@ class Client:
         progress: Callable[[float], None] | None,
         cancel: threading.Event | None,
         queued: Callable[[int], None] | None,
+        phase: Callable[[str], None] | None,
         scale: int,
     ) -> tuple[bytes, int, int]:
         """Send a job and return its result, checked to have the size this request must give."""
@@ -325,13 +379,14 @@ class Client:
         def send(info: ConnectionInfo) -> tuple[bytes, int, int]:
             conn = info.http(self.timeout)
             try:
-                return self._stream(conn, info, path, pixels, progress, cancel, queued)
+                return self._stream(conn, info, path, pixels, (progress, cancel, queued, phase))
             finally:
                 conn.close()  # also how a cancel reaches the server: it stops the job within a tile
 
         data, width, height = self._retrying(send, cancel)
         expected = (params["width"] * scale, params["height"] * scale)
-        if (width, height) != expected or len(data) != width * height * params["channels"]:
+        size = width * height * params["channels"] * SAMPLE_TYPES[params["dtype"]][1]
+        if (width, height) != expected or len(data) != size:
             raise ImpastoError(
                 f"the Impasto server sent a {width}x{height} result of {len(data)} bytes for a "
                 f"{expected[0]}x{expected[1]} image with {params['channels']} channels: it is "
@@ -346,11 +401,10 @@ class Client:
         info: ConnectionInfo,
         path: str,
         pixels: bytes,
-        progress: Callable[[float], None] | None,
-        cancel: threading.Event | None,
-        queued: Callable[[int], None] | None,
+        callbacks: tuple,
     ) -> tuple[bytes, int, int]:
         """POST the pixels (after the server accepts the request), then follow the event stream."""
+        cancel = callbacks[1]
         if cancel is not None and cancel.is_set():
             raise Cancelled("cancelled")
         conn.putrequest("POST", path, skip_host=True, skip_accept_encoding=True)
@@ -366,7 +420,7 @@ class Client:
         if _server_continues(conn.sock, self.timeout):
             conn.send(pixels)
         with conn.getresponse() as response:  # closing it is what tells the server we are gone
-            return self._follow(response, progress, cancel, queued)
+            return self._follow(response, *callbacks)
 
     def _follow(
         self,
@@ -374,6 +428,7 @@ class Client:
         progress: Callable[[float], None] | None,
         cancel: threading.Event | None,
         queued: Callable[[int], None] | None,
+        phase: Callable[[str], None] | None,
     ) -> tuple[bytes, int, int]:
         """Read the job's events: report the queue and progress, stop on cancel, return the result."""
         if response.status != 200:
@@ -389,8 +444,10 @@ class Client:
             kind = event.get("event")
             if kind == "status" and event["state"] == "queued" and queued:
                 queued(event["position"])
-            elif kind == "status" and event.get("total") and progress:
-                if event["done"] / event["total"] != done:
+            elif kind == "status" and event["state"] == "running":
+                if phase:
+                    phase(event.get("phase", ""))  # absent from servers before phases
+                if event.get("total") and progress and event["done"] / event["total"] != done:
                     done = event["done"] / event["total"]
                     progress(done)
             elif kind == "error":

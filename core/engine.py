@@ -55,6 +55,9 @@ LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as in 
 
 Progress = Callable[[int, int], None]
 Notify = Callable[[str], None]
+# What a job is doing, for people waiting on it: "loading" (the model, on its first use),
+# "statistics" (the thumbnail pass of a tiled style job), "tiles" (the network's passes).
+Phase = Callable[[str], None]
 
 
 class EngineError(Exception):
@@ -118,6 +121,15 @@ class Engine:
         # Told of slow one-time phases of a job (preparing a model for OpenVINO), as a sentence.
         self.notify: Notify | None = None
 
+    @property
+    def device_name(self) -> str:
+        """The device as a person names it: "CPU", or the GPU's name (e.g. "NVIDIA H200")."""
+        if self.device == "cuda":
+            import torch  # only on a GPU: the CPU path runs without torch
+
+            return torch.cuda.get_device_name()
+        return {"mps": "Apple GPU"}.get(self.device, "CPU")
+
     def model_info(self, model: str | Path) -> ModelInfo:
         """Metadata of a model given by registry name or path."""
         path = _model_path(model, None)
@@ -141,26 +153,76 @@ class Engine:
         options: StyleOptions | None = None,
         progress: Progress | None = None,
         cancel: threading.Event | None = None,
+        phase: Phase | None = None,
     ) -> np.ndarray:
-        """Stylise an HxWxC image (C 1-4; uint8, uint16 or float32): same shape and dtype back."""
+        """Stylise an HxWxC image (C 1-4; uint8, uint16 or float32): same shape and dtype back.
+
+        float32 may hold values above 1 (HDR): the network sees the image clipped to 0..1 and
+        gives 0..1; the strength blend and preserve_colors use the original as it is, so values
+        above 1 survive as far as they are blended in (all of them at strength 0)."""
+
+        def run(loaded: _Loaded, rgb: np.ndarray) -> np.ndarray:
+            return self._run(loaded, rgb, progress, cancel, phase=phase)
+
+        return self._stylize(model, image, options, run, phase)
+
+    def preview(
+        self,
+        model: str | Path,
+        view: np.ndarray,
+        whole: np.ndarray,
+        options: StyleOptions | None = None,
+        cancel: threading.Event | None = None,
+        phase: Phase | None = None,
+    ) -> np.ndarray:
+        """``view`` (a crop of an image, or a downscaled copy) stylised in one pass with the
+        statistics of ``whole``, a thumbnail of that image (longest side up to THUMBNAIL_SIDE),
+        measured as stylize measures them for an image larger than a tile: what stylize gives
+        there, at that scale."""
+        whole_rgb = np.clip(_split(whole)[0], 0, 1)  # as stylize's network sees it
+
+        def run(loaded: _Loaded, rgb: np.ndarray) -> np.ndarray:
+            try:
+                _check(cancel)
+                (phase or (lambda name: None))("tiles")
+                side = min(THUMBNAIL_SIDE, loaded.tile_size)  # the thumbnail _run_tiled measures
+                stats = _thumbnail_stats(loaded.runner, whole_rgb, side, cancel)
+                out = loaded.runner.run_frozen(_batch(_pad_to(rgb, 4)), stats, cancel)
+            except RuntimeCancelled:
+                raise Cancelled("cancelled") from None
+            return out[0, : rgb.shape[0], : rgb.shape[1]]
+
+        return self._stylize(model, view, options, run, phase)
+
+    def _stylize(
+        self,
+        model: str | Path,
+        image: np.ndarray,
+        options: StyleOptions | None,
+        run: Callable[[_Loaded, np.ndarray], np.ndarray],
+        phase: Phase | None,
+    ) -> np.ndarray:
+        """Stylise with ``run`` (the network's pass) at the options' scale, then blend."""
         options = options or StyleOptions()
         _check_options(options)
         rgb, alpha = _split(image)
+        # The network knows 0..1; a float image's values beyond stay in what is blended with it.
+        seen = np.clip(rgb, 0, 1) if image.dtype == np.float32 else rgb
         with self._lock:
-            loaded = self._load(model, "style")
+            loaded = self._load(model, "style", phase)
             h, w = rgb.shape[:2]
             if options.scale == 1:
-                styled = self._run(loaded, rgb, progress, cancel)
+                styled = run(loaded, seen)
             else:
                 size = (
                     max(MIN_SIDE, round(h * options.scale)),
                     max(MIN_SIDE, round(w * options.scale)),
                 )
-                styled = self._run(loaded, _resize(rgb, size), progress, cancel)
-                styled = _resize(styled, (h, w))
+                styled = _resize(run(loaded, _resize(seen, size)), (h, w))
+        np.clip(styled, 0, 1, out=styled)  # what the network means; blends may leave 0..1 below
         if options.preserve_colors:
             # Original chroma, stylised luminance: add the change in luma to every channel.
-            delta = _luma(styled) - _luma(rgb)
+            delta = _luma(styled) - _luma(seen)
             np.copyto(styled, rgb)
             styled += delta[..., None]
         if options.strength != 1:
@@ -175,19 +237,25 @@ class Engine:
         image: np.ndarray,
         progress: Progress | None = None,
         cancel: threading.Event | None = None,
+        phase: Phase | None = None,
     ) -> np.ndarray:
         """Upscale an HxWxC image x4 (C 1-4; uint8, uint16 or float32): 4Hx4WxC, same dtype back."""
         rgb, alpha = _split(image)
+        if image.dtype == np.float32:
+            np.clip(
+                rgb, 0, 1, out=rgb
+            )  # the network knows 0..1 only: a float image's beyond is lost
         with self._lock:
-            loaded = self._load(model, "sr")
+            loaded = self._load(model, "sr", phase)
             scale = 4
-            upscaled = self._run(loaded, rgb, progress, cancel, scale=scale)
+            upscaled = self._run(loaded, rgb, progress, cancel, scale=scale, phase=phase)
+        np.clip(upscaled, 0, 1, out=upscaled)
         if alpha is not None:
             size = (alpha.shape[0] * scale, alpha.shape[1] * scale)
             alpha = _from_float(np.clip(_resize(_to_float(alpha), size), 0, 1), alpha.dtype)
         return _join(upscaled, alpha, image)
 
-    def _load(self, model: str | Path, kind: str) -> _Loaded:
+    def _load(self, model: str | Path, kind: str, phase: Phase | None = None) -> _Loaded:
         path = _model_path(model, kind)
         stat = path.stat()
         stamp = (stat.st_mtime_ns, stat.st_size)
@@ -196,6 +264,8 @@ class Engine:
             _check_kind(cached.info, kind)  # a model cached by the other kind of job
             self._models.move_to_end(path)
             return cached
+        if phase:
+            phase("loading")
         try:
             info = read_info(path)
         except ModelFileError as e:
@@ -267,12 +337,13 @@ class Engine:
         progress: Progress | None,
         cancel: threading.Event | None,
         scale: int = 1,
+        phase: Phase | None = None,
     ) -> np.ndarray:
         """The network's output for an HxWx3 float image, tiled; smaller tiles when memory runs out."""
         tile = loaded.tile_size
         while True:
             try:
-                return _run_tiled(loaded, rgb, tile, scale, progress, cancel)
+                return _run_tiled(loaded, rgb, tile, scale, progress, cancel, phase)
             except RuntimeCancelled:
                 raise Cancelled("cancelled") from None
             except (RuntimeError, MemoryError) as e:
@@ -303,6 +374,7 @@ def _run_tiled(
     scale: int,
     progress: Progress | None,
     cancel: threading.Event | None,
+    phase: Phase | None = None,
 ) -> np.ndarray:
     runner = loaded.runner
     h, w = rgb.shape[:2]
@@ -317,9 +389,11 @@ def _run_tiled(
     ph, pw = h + -h % align, w + -w % align
     no_stats = np.zeros((2, 0), np.float32)
     report = progress or (lambda done, total: None)
+    enter = phase or (lambda name: None)
 
     # Memory follows the area, not the sides: an image no larger than one tile runs whole.
     if ph * pw <= in_tile * in_tile:
+        enter("tiles")
         report(0, 1)
         _check(cancel)
         whole = _batch(_pad_to(rgb, align))
@@ -342,9 +416,11 @@ def _run_tiled(
     stats = no_stats
     if loaded.has_norm:
         _check(cancel)
+        enter("statistics")
         stats = _thumbnail_stats(runner, rgb, min(THUMBNAIL_SIDE, in_tile), cancel)
         done += 1
         report(done, total)
+    enter("tiles")
     out = np.zeros((ph * scale, pw * scale, 3), np.float32)
     # One thread adds each tile into ``out`` while the next tile runs (numpy frees the GIL);
     # leaving the block waits for the last one.
@@ -501,7 +577,10 @@ def _split(image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
 def _join(rgb: np.ndarray, alpha: np.ndarray | None, like: np.ndarray) -> np.ndarray:
     """Float RGB back to the layout and dtype of ``like`` (gray stays gray), alpha appended."""
     channels = 1 if like.ndim == 2 else like.shape[2]
-    np.clip(rgb, 0, 1, out=rgb)
+    if like.dtype == np.float32:
+        np.maximum(rgb, 0, out=rgb)  # float keeps values above 1 (HDR highlights); none below 0
+    else:
+        np.clip(rgb, 0, 1, out=rgb)
     out = _from_float(_luma(rgb)[..., None] if channels < 3 else rgb, like.dtype)
     if alpha is not None:
         out = np.concatenate([out, alpha], axis=2)
@@ -510,7 +589,7 @@ def _join(rgb: np.ndarray, alpha: np.ndarray | None, like: np.ndarray) -> np.nda
 
 def _to_float(pixels: np.ndarray) -> np.ndarray:
     if pixels.dtype == np.float32:
-        return np.clip(pixels, 0, 1)
+        return np.maximum(pixels, 0)  # values above 1 kept; stylize shows the network 0..1 only
     return pixels.astype(np.float32) / np.float32(np.iinfo(pixels.dtype).max)
 
 

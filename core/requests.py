@@ -17,7 +17,8 @@ MAX_DIMENSION = 65535
 MAX_DIGITS = 12  # longer numbers are refused before int(), whose digit limit would raise
 MODEL_NAME = re.compile(r"\w[\w .+-]{0,127}")  # fullmatch: no trailing newline
 SAMPLE_TYPES = {"u8": ("uint8", 1), "u16": ("<u2", 2), "f32": ("<f4", 4)}
-OPERATIONS = {"stylize": "style", "upscale": "sr"}  # operation -> model kind it needs
+# operation -> model kind it needs; a preview is a stylize of a view with a whole image's statistics
+OPERATIONS = {"stylize": "style", "upscale": "sr", "preview": "style"}
 METHODS = {
     "/health": "GET",
     "/shutdown": "POST",
@@ -107,8 +108,10 @@ def job_request(
 ) -> dict[str, Any]:
     """Validate a stylize/upscale request from its URL and headers, before its body is read."""
     allowed = {"model", "width", "height", "channels", "dtype"}
-    if op == "stylize":
+    if op in ("stylize", "preview"):
         allowed |= {"strength", "preserve_colors", "scale"}
+    if op == "preview":
+        allowed |= {"stats_width", "stats_height"}
     unknown = sorted(set(params) - allowed)
     if unknown:
         raise RequestError(400, "bad_request", f"unknown parameter {unknown[0][:100]!r} for {op}")
@@ -132,6 +135,16 @@ def job_request(
             "server with a larger --max-megapixels",
         )
     expected = width * height * channels * SAMPLE_TYPES[dtype][1]
+    stats_shape = None
+    if op == "preview":  # the body: the view's pixels, then the whole image's thumbnail's
+        from core.engine import THUMBNAIL_SIDE
+
+        stats_shape = (
+            _whole_number(params, "stats_height", MIN_SIDE, THUMBNAIL_SIDE),
+            _whole_number(params, "stats_width", MIN_SIDE, THUMBNAIL_SIDE),
+            channels,
+        )
+        expected += stats_shape[0] * stats_shape[1] * channels * SAMPLE_TYPES[dtype][1]
     lengths = headers.get_all("Content-Length") or []
     if "Transfer-Encoding" in headers or len(lengths) != 1:
         raise RequestError(411, "length_required", "send the pixels with one Content-Length header")
@@ -140,11 +153,12 @@ def job_request(
         raise RequestError(
             400,
             "bad_length",
-            f"{width}x{height}x{channels} {dtype} pixels are {expected} bytes, "
+            f"{width}x{height}x{channels} {dtype} pixels{' and their thumbnail' if stats_shape else ''}"
+            f" are {expected} bytes, "
             f"but Content-Length is {length[:40]!r}",
         )
     options: dict[str, Any] = {}
-    if op == "stylize":
+    if op in ("stylize", "preview"):
         options = {
             "strength": _number(params, "strength", 1.0, 0.0, 1.0),
             "preserve_colors": _flag(params, "preserve_colors"),
@@ -155,6 +169,7 @@ def job_request(
         "name": name,
         "path": server.model_path(name, OPERATIONS[op]),
         "shape": (height, width, channels),
+        "stats_shape": stats_shape,
         "dtype": dtype,
         "bytes": expected,
         "options": options,

@@ -72,13 +72,15 @@ class Job:
     """One stylize or upscale request, from queue to result."""
 
     id: str
-    op: str  # "stylize" or "upscale"
+    op: str  # "stylize", "upscale" or "preview"
     model: Path
     model_name: str
     image: Any  # HxWxC numpy array; dropped when the job ends
+    whole: Any = None  # preview: the thumbnail of the whole image whose statistics it uses
     options: dict[str, Any] = field(default_factory=dict)  # StyleOptions fields for stylize
     cancel: threading.Event = field(default_factory=threading.Event)
     state: str = "queued"  # queued, running, done, failed, cancelled
+    phase: str = ""  # while running: the engine's phase (loading, statistics, tiles)
     done: int = 0
     total: int = 0
     result: Any = None
@@ -130,7 +132,8 @@ class JobQueue:
             if job.state == "queued":
                 ahead = self._waiting.index(job) if job in self._waiting else 0
                 return {"state": "queued", "position": ahead + (self._running is not None)}
-            return {"state": job.state, "done": job.done, "total": job.total}
+            status = {"state": job.state, "done": job.done, "total": job.total}
+            return {**status, "phase": job.phase} if job.state == "running" else status
 
     def wait(self, timeout: float) -> None:
         with self.changed:
@@ -177,7 +180,7 @@ class JobQueue:
                 self.changed.notify_all()
             state, result, error = self._run(job)
             with self.changed:
-                job.state, job.result, job.image = state, result, None
+                job.state, job.result, job.image, job.whole = state, result, None, None
                 job.error = job.error or error
                 self._running = None
                 self.last_activity = time.monotonic()
@@ -195,15 +198,27 @@ class JobQueue:
                 job.done, job.total = done, total
                 self.changed.notify_all()
 
+        def phase(name: str) -> None:
+            with self.changed:
+                job.phase = name
+                self.changed.notify_all()
+
         started = time.monotonic()
         (h, w, c), dtype = job.image.shape, job.image.dtype
         what = f"job {job.id}: {job.op} {job.model_name} {w}x{h}x{c} {dtype}"
         try:
             if job.op == "stylize":
                 options = StyleOptions(**job.options)
-                result = self.engine.stylize(job.model, job.image, options, progress, job.cancel)
+                result = self.engine.stylize(
+                    job.model, job.image, options, progress, job.cancel, phase
+                )
+            elif job.op == "preview":
+                options = StyleOptions(**job.options)
+                result = self.engine.preview(
+                    job.model, job.image, job.whole, options, job.cancel, phase
+                )
             else:
-                result = self.engine.upscale(job.model, job.image, progress, job.cancel)
+                result = self.engine.upscale(job.model, job.image, progress, job.cancel, phase)
         except Cancelled:
             log.info("%s cancelled after %.2f s", what, time.monotonic() - started)
             return "cancelled", None, None
@@ -417,16 +432,22 @@ class JobIO:
         body = self._read_body(request["bytes"])
         self.handler.release_upload()  # the queue bounds it from here
         dtype = SAMPLE_TYPES[request["dtype"]][0]
-        image = np.frombuffer(body, dtype=dtype).reshape(request["shape"])
+        pixels = np.frombuffer(body, dtype=dtype)
+        h, w, c = request["shape"]
+        image = pixels[: h * w * c].reshape(request["shape"])
+        whole = (
+            pixels[h * w * c :].reshape(request["stats_shape"]) if request["stats_shape"] else None
+        )
         job = Job(
             id=self.server.jobs.new_id(),
             op=op,
             model=request["path"],
             model_name=request["name"],
             image=image,
+            whole=whole,
             options=request["options"],
         )
-        del body, image
+        del body, pixels, image, whole
         self.server.jobs.submit(job)
         try:
             self._stream(job, request["dtype"])
@@ -643,7 +664,9 @@ class ImpastoHTTPServer(ThreadingHTTPServer):
             "protocol": PROTOCOL,
             "pid": os.getpid(),
             "device": self.jobs.engine.device,
+            "device_name": self.jobs.engine.device_name,
             "backend": self.jobs.engine.backend,
+            "precision": self.jobs.engine.precision,
             "jobs": self.jobs.count(),
             "max_megapixels": self.max_megapixels,
         }

@@ -14,20 +14,31 @@ import gi
 gi.require_version("Gimp", "3.0")
 gi.require_version("GimpUi", "3.0")
 gi.require_version("Gegl", "0.4")
-from gi.repository import Gegl, Gimp, GimpUi, GLib, GObject  # noqa: E402
+from gi.repository import Gegl, Gimp, GimpUi, Gio, GLib, GObject  # noqa: E402
 
 STYLIZE = "plug-in-impasto-stylize"
 UPSCALE = "plug-in-impasto-upscale"
 CORE_FILE = Path(__file__).resolve().with_name("impasto-core.json")  # written by install.py
+HELP_DIR = Path(__file__).resolve().with_name("help")  # help/en/gimp-help.xml: GIMP's Help buttons
 REINSTALL = "run 'python3 install.py' in the Impasto folder, then restart GIMP"
 
-# babl formats by (grayscale, has alpha): 8 bits per channel, gamma-encoded, as the core expects.
-FORMATS = {
-    (False, False): ("R'G'B' u8", 3),
-    (False, True): ("R'G'B'A u8", 4),
-    (True, False): ("Y' u8", 1),
-    (True, True): ("Y'A u8", 2),
+# What each procedure accepts; the dialog offers exactly these, and scripts are checked against
+# them (an argument's GIMP range is wider on purpose, see add_arguments).
+STRENGTH = (0.0, 1.0)
+STYLE_SCALE = (0.25, 4.0)
+OUTPUTS = {
+    STYLIZE: (("new-layer", "New layer"), ("in-place", "In place")),
+    UPSCALE: (("new-image", "New image"), ("in-place", "Resize this image")),
 }
+
+# babl components by (grayscale, has alpha), always gamma-encoded: the networks' domain. GIMP
+# converts a linear image's pixels both ways (in float that loses nothing).
+COMPONENTS = {(False, False): ("R'G'B'", 3), (False, True): ("R'G'B'A", 4)}
+COMPONENTS |= {(True, False): ("Y'", 1), (True, True): ("Y'A", 2)}
+# The image's precision (its nick's first word) -> babl type and the core's sample type: each
+# image exchanges pixels at its own depth (u32 and double fit the core's u16 and f32).
+SAMPLES = {"u8": ("u8", "u8"), "u16": ("u16", "u16"), "u32": ("u16", "u16")}
+SAMPLES |= {"half": ("float", "f32"), "float": ("float", "f32"), "double": ("float", "f32")}
 
 
 class PluginError(Exception):
@@ -75,34 +86,46 @@ def label(model: dict) -> str:
     return model.get("display_name") or model["name"]
 
 
-def job_progress(title: str) -> dict:
-    """Progress callbacks for a client job: GIMP's progress bar, and a note while it waits its turn."""
-    Gimp.progress_init(title)
-    waiting = False
+def job_progress(title: str, verb: str, model: str) -> dict:
+    """Callbacks for a client job that show its phases in GIMP's progress bar: text for each, the
+    fraction of tiles done, and a pulsing bar while a phase has no measurable fraction."""
+    texts = {
+        "": f"{title}: starting",
+        "loading": f"{title}: preparing {model} (its first use takes a few seconds)",
+        "statistics": f"{title}: measuring the whole image",
+        "tiles": f"{title}: {verb}",
+    }
+    shown = None
+
+    def show(text: str) -> None:
+        nonlocal shown
+        if text != shown:
+            shown = text
+            Gimp.progress_set_text(text)
 
     def queued(ahead: int) -> None:
-        nonlocal waiting
-        waiting = True
-        Gimp.progress_set_text(f"{title}: waiting for {ahead} other job(s) to finish")
+        show(f"{title}: waiting for {ahead} other job(s) to finish" if ahead else texts[""])
+        Gimp.progress_pulse()
 
-    def progress(fraction: float) -> None:
-        nonlocal waiting
-        if waiting:
-            waiting = False
-            Gimp.progress_set_text(title)
-        Gimp.progress_update(fraction)
+    def phase(name: str) -> None:
+        show(texts.get(name, texts[""]))
+        if name != "tiles":
+            Gimp.progress_pulse()
 
-    return {"progress": progress, "queued": queued}
+    return {"progress": Gimp.progress_update, "queued": queued, "phase": phase}
 
 
 # ---- pixels ----------------------------------------------------------------------------------
 
 
 def pixel_format(drawable) -> tuple:
-    """The babl format and channel count to exchange this drawable's pixels with the core."""
+    """(babl format, channels, core sample type) to exchange this drawable's pixels with the core
+    at the image's own precision."""
     if drawable.is_indexed():
         raise PluginError("Indexed images are not supported: use Image > Mode > RGB first.")
-    return FORMATS[(drawable.is_gray(), drawable.has_alpha())]
+    components, channels = COMPONENTS[(drawable.is_gray(), drawable.has_alpha())]
+    babl_type, dtype = SAMPLES[drawable.get_image().get_precision().value_nick.split("-")[0]]
+    return f"{components} {babl_type}", channels, dtype
 
 
 def read_pixels(drawable, x: int, y: int, width: int, height: int, fmt: str) -> bytes:
@@ -148,7 +171,9 @@ def stylize(image, drawable, client, config) -> None:
         raise PluginError(
             "The selection does not touch this layer: change it or use Select > None."
         )
-    fmt, channels = pixel_format(drawable)
+    fmt, channels, dtype = pixel_format(drawable)
+    title = f"Neural style: {label(style)}"
+    Gimp.progress_init(f"{title}: reading the layer")
     pixels = read_pixels(drawable, x, y, width, height, fmt)
     result = client.stylize(
         pixels,
@@ -159,8 +184,10 @@ def stylize(image, drawable, client, config) -> None:
         strength=config.get_property("strength"),
         preserve_colors=config.get_property("preserve-colors"),
         scale=config.get_property("style-scale"),
-        **job_progress(f"Neural style: {label(style)}"),
+        dtype=dtype,
+        **job_progress(title, "painting", label(style)),
     )
+    Gimp.progress_set_text(f"{title}: writing the result into the layer")
     image.undo_group_start()
     try:
         target = drawable
@@ -177,8 +204,10 @@ def stylize(image, drawable, client, config) -> None:
 def upscale(image, drawable, client, config, interactive: bool):
     """Upscale the layer x4 with a super-resolution model, into a new image or in place."""
     model = pick_model(client.models("sr"), config.get_property("model"), "upscaling model")
-    fmt, channels = pixel_format(drawable)
+    fmt, channels, dtype = pixel_format(drawable)
     width, height = drawable.get_width(), drawable.get_height()
+    title = label(model)
+    Gimp.progress_init(f"{title}: reading the layer")
     pixels = read_pixels(drawable, 0, 0, width, height, fmt)
     result, new_width, new_height = client.upscale(
         pixels,
@@ -186,10 +215,14 @@ def upscale(image, drawable, client, config, interactive: bool):
         height,
         channels,
         model["name"],
-        **job_progress(f"Upscale x4: {label(model)}"),
+        dtype=dtype,
+        **job_progress(title, "upscaling", title),
     )
+    Gimp.progress_set_text(f"{title}: writing the result")
     if config.get_property("output") == "new-image":
-        target_image = Gimp.Image.new(new_width, new_height, image.get_base_type())
+        target_image = Gimp.Image.new_with_precision(
+            new_width, new_height, image.get_base_type(), image.get_precision()
+        )
         layer = Gimp.Layer.new(
             target_image,
             drawable.get_name(),
@@ -223,38 +256,126 @@ def upscale(image, drawable, client, config, interactive: bool):
     return target_image
 
 
+# ---- checks ----------------------------------------------------------------------------------
+
+
+def check_arguments(name: str, config) -> None:
+    """Refuse values a script set outside what the procedure takes, naming the argument (GIMP
+    itself would only print a warning and run with the default)."""
+    output = config.get_property("output")
+    allowed = [nick for nick, _ in OUTPUTS[name]]
+    if output not in allowed:
+        raise PluginError(f"output must be {' or '.join(map(repr, allowed))}, not {output!r}.")
+    if name != STYLIZE:
+        return
+    for argument, (low, high) in (("strength", STRENGTH), ("style-scale", STYLE_SCALE)):
+        value = config.get_property(argument)
+        if not low <= value <= high:  # also refuses NaN
+            raise PluginError(f"{argument} must be between {low:g} and {high:g}, not {value:g}.")
+
+
 # ---- dialogs ---------------------------------------------------------------------------------
 
 
-def model_dialog(procedure, config, models: list, title: str, properties: list) -> bool:
-    """The procedure's dialog with a list of the installed models on top; False if cancelled."""
+def bound_combo(config, prop: str, options: list) -> "GimpUi.StringComboBox":
+    """A combo of (id, label) options bound to ``config``'s string ``prop`` both ways by GIMP's own
+    property widget: choosing sets the config, and Reset / Load Saved Settings update the combo."""
     gi.require_version("Gtk", "3.0")
     from gi.repository import Gtk
 
-    GimpUi.init(procedure.get_name())
+    store = Gtk.ListStore(str, str)
+    for option in options:
+        store.append(list(option))
+    return GimpUi.prop_string_combo_box_new(config, prop, store, 0, 1)
+
+
+def tooltip(model: dict) -> str | None:
+    """The model's description, and its credit unless the description already gives it."""
+    description, credit = model.get("description", ""), model.get("credit", "")
+    lines = [description] + ([credit] if credit and credit not in description else [])
+    return "\n".join(line for line in lines if line) or None
+
+
+def where_it_runs(health: dict) -> str:
+    """ "CPU, int8" or "NVIDIA H200, fp16", from the server's health answer."""
+    device = health.get("device_name") or health.get("device", "?").upper()
+    return f"Runs on {device}, {health.get('precision', '?')}"
+
+
+def build_dialog(name: str, procedure, config, models: list, health: dict, title: str):
+    """The dialog of procedure ``name`` (STYLIZE or UPSCALE), not yet run: models, options, where
+    it runs. Returns (dialog, model combo, output combo)."""
+    gi.require_version("Gtk", "3.0")
+    from gi.repository import Gtk
+
+    GimpUi.init(name)
     dialog = GimpUi.ProcedureDialog(procedure=procedure, config=config, title=title)
-    combo = Gtk.ComboBoxText()
-    for model in models:
-        combo.append(model["name"], label(model))
-    if not combo.set_active_id(config.get_property("model") or ""):
-        combo.set_active(0)
+    by_name = {m["name"]: m for m in models}
+    model_combo = bound_combo(config, "model", [(m["name"], label(m)) for m in models])
 
-    def chosen(_combo) -> None:
-        model = models[combo.get_active()]
-        config.set_property("model", model["name"])
-        tip = "\n".join(t for t in (model.get("description"), model.get("credit")) if t)
-        combo.set_tooltip_text(tip or None)
+    def model_changed(*_) -> None:
+        # Empty (the factory default) or no longer installed: the first model, which is what runs.
+        chosen = by_name.get(config.get_property("model"))
+        if chosen is None:
+            config.set_property("model", models[0]["name"])
+            return
+        model_combo.set_tooltip_text(tooltip(chosen))
 
-    combo.connect("changed", chosen)
-    chosen(combo)
-    row = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=12)
-    row.pack_start(Gtk.Label(label="Model"), False, False, 0)
-    row.pack_start(combo, True, True, 0)
+    config.connect("notify::model", model_changed)
+    model_changed()
+    if config.get_property("output") not in [nick for nick, _ in OUTPUTS[name]]:
+        config.set_property("output", OUTPUTS[name][0][0])  # e.g. remembered from a script's call
+    output_combo = bound_combo(config, "output", list(OUTPUTS[name]))
+
+    properties = ["runs-on"]
+    dialog.get_label("runs-on", where_it_runs(health), False, False)
+    if name == STYLIZE:
+        for prop, (low, high) in (("strength", STRENGTH), ("style-scale", STYLE_SCALE)):
+            scale = dialog.get_spin_scale(prop, 1.0)
+            scale.set_range(low, high)  # the argument's own range is wider (see add_arguments)
+            scale.set_increments(0.01, 0.1)
+            scale.set_digits(2)
+        dialog.get_label("style-scale-help", "Brush size: smaller = bigger strokes", False, False)
+        properties = ["strength", "preserve-colors", "style-scale", "style-scale-help", "runs-on"]
     dialog.fill(properties)
     content = dialog.get_content_area()
-    content.pack_start(row, False, False, 6)
-    content.reorder_child(row, 0)
-    row.show_all()
+    for position, (text, combo) in enumerate((("Model", model_combo), ("Output", output_combo))):
+        row = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=12)
+        row.pack_start(Gtk.Label(label=text), False, False, 0)
+        row.pack_start(combo, True, True, 0)
+        content.pack_start(row, False, False, 6)
+        content.reorder_child(row, 0 if position == 0 else -1)
+        row.show_all()
+    return dialog, model_combo, output_combo
+
+
+def add_preview(dialog, client, drawable, config, models: list):
+    """Neural Style's live preview, on top of the dialog; None without pixels to show."""
+    from impasto_preview import Preview  # next to this file
+
+    inside, *box = drawable.mask_intersect()
+    if not inside:
+        return None  # OK says why
+    names = {m["name"]: label(m) for m in models}
+    preview = Preview(client, drawable, tuple(box), pixel_format(drawable), config, names)
+    content = dialog.get_content_area()
+    content.pack_start(preview.widget, False, False, 6)
+    content.reorder_child(preview.widget, 0)
+    preview.widget.show_all()
+    return preview
+
+
+def run_dialog(procedure, config, client, title: str, drawable) -> bool:
+    """Show the procedure's dialog with the server's models; False if cancelled."""
+    name = procedure.get_name()
+    kind, what = ("style", "style") if name == STYLIZE else ("sr", "upscaling model")
+    models = client.models(kind)
+    pick_model(models, "", what)
+    health = client.health()
+    Gimp.progress_end()  # the core is up: no "starting the core" under the dialog
+    dialog = build_dialog(name, procedure, config, models, health, title)[0]
+    if name == STYLIZE:
+        add_preview(dialog, client, drawable, config, models)
     accepted = dialog.run()
     dialog.destroy()
     return accepted
@@ -263,11 +384,9 @@ def model_dialog(procedure, config, models: list, title: str, properties: list) 
 def run_stylize(procedure, run_mode, image, drawables, config, data):
     def work(client, drawable):
         if run_mode == Gimp.RunMode.INTERACTIVE:
-            models = client.models("style")
-            pick_model(models, "", "style")
-            properties = ["strength", "preserve-colors", "style-scale", "output"]
-            if not model_dialog(procedure, config, models, "Neural Style", properties):
+            if not run_dialog(procedure, config, client, "Neural Style", drawable):
                 return None
+        check_arguments(STYLIZE, config)
         stylize(image, drawable, client, config)
         Gimp.displays_flush()
         return True
@@ -279,11 +398,9 @@ def run_upscale(procedure, run_mode, image, drawables, config, data):
     interactive = run_mode == Gimp.RunMode.INTERACTIVE
 
     def work(client, drawable):
-        if interactive:
-            models = client.models("sr")
-            pick_model(models, "", "upscaling model")
-            if not model_dialog(procedure, config, models, "Upscale x4", ["output"]):
-                return None
+        if interactive and not run_dialog(procedure, config, client, "Upscale x4", drawable):
+            return None
+        check_arguments(UPSCALE, config)
         result = upscale(image, drawable, client, config, interactive)
         Gimp.displays_flush()
         return result
@@ -296,10 +413,11 @@ def guarded(procedure, image, drawables, work, returns_image: bool = False):
     try:
         drawable = checked_layer(image, drawables)
         client = connect()
-        Gimp.progress_init("Impasto: connecting to the core (its first start takes a while)")
         from core.client import Cancelled, ImpastoError
 
         try:
+            if not client.running():  # said only when true: it starts on the first request
+                Gimp.progress_init("Impasto: starting the core (its first start takes a while)")
             result = work(client, drawable)
         except Cancelled:
             result = None
@@ -321,12 +439,42 @@ def guarded(procedure, image, drawables, work, returns_image: bool = False):
 
 # ---- registration ----------------------------------------------------------------------------
 
+# The widest doubles GIMP accepts: a value outside an argument's range never reaches the plug-in
+# (GObject keeps the default and only warns), so the ranges are checked in check_arguments.
+ANY = sys.float_info.max
 
-def choice(*options: tuple) -> "Gimp.Choice":
-    made = Gimp.Choice.new()
-    for number, (nick, label) in enumerate(options):
-        made.add(nick, number, label, "")
-    return made
+
+def add_arguments(procedure, name: str) -> None:
+    """The arguments of procedure ``name`` (STYLIZE or UPSCALE), as scripts and the dialog see them.
+
+    model and output are strings, not fixed choices: a style trained after GIMP started is usable
+    at once, and a wrong value is refused with its name rather than replaced by the default."""
+    rw = GObject.ParamFlags.READWRITE
+    nicks = " or ".join(nick for nick, _ in OUTPUTS[name])
+    if name == STYLIZE:
+        procedure.add_string_argument("model", "_Style", "Style name (empty: the first)", "", rw)
+        procedure.add_double_argument(
+            "strength", "S_trength", "Blend with the original, 0-1 (1: full style)", -ANY, ANY, 1.0,
+            rw,
+        )  # fmt: skip
+        procedure.add_boolean_argument(
+            "preserve-colors", "_Preserve colors", "Keep the original colors", False, rw
+        )
+        procedure.add_double_argument(
+            "style-scale",
+            "Style sc_ale",  # _s is the dialog's Save Settings
+            "Processing scale, 0.25-4: 0.5 gives strokes twice as large, 2 finer ones",
+            -ANY,
+            ANY,
+            1.0,
+            rw,
+        )
+        procedure.add_string_argument("output", "O_utput", nicks, "new-layer", rw)
+    else:
+        procedure.add_string_argument(
+            "model", "_Model", "Upscaling model name (empty: the first)", "", rw
+        )
+        procedure.add_string_argument("output", "O_utput", nicks, "new-image", rw)
 
 
 class Impasto(Gimp.PlugIn):
@@ -334,6 +482,8 @@ class Impasto(Gimp.PlugIn):
         return False
 
     def do_query_procedures(self):
+        # Help buttons open Impasto's own manual (install.py puts it in help/), not GIMP's.
+        self.set_help_domain("impasto", Gio.File.new_for_path(str(HELP_DIR)))
         return [STYLIZE, UPSCALE]
 
     def do_create_procedure(self, name):
@@ -342,35 +492,14 @@ class Impasto(Gimp.PlugIn):
         procedure.set_image_types("RGB*, GRAY*")
         procedure.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE)
         procedure.set_attribution("Impasto contributors", "Impasto contributors", "2026")
-        # Free text, not a fixed choice: a style trained after GIMP started is usable at once.
-        rw = GObject.ParamFlags.READWRITE
         if name == STYLIZE:
             procedure.set_menu_label("Neural _Style...")
             procedure.set_documentation(
                 "Paint the layer in the style of an artwork (fast neural style transfer)",
                 "Stylizes the active layer, or only the selection (feathering blends), keeping its "
                 "alpha. 'model' is an installed style's name, empty for the first one.",
-                name,
+                name,  # the help ID, mapped to a page by help/en/gimp-help.xml
             )
-            procedure.add_menu_path("<Image>/Filters")
-            procedure.add_string_argument("model", "_Style", "Style name", "", rw)
-            procedure.add_double_argument(
-                "strength", "S_trength", "Blend with the original (0-1)", 0.0, 1.0, 1.0, rw
-            )
-            procedure.add_boolean_argument(
-                "preserve-colors", "_Preserve colors", "Keep the original colors", False, rw
-            )
-            procedure.add_double_argument(
-                "style-scale",
-                "Style _scale",
-                "Processing scale: 0.5 gives strokes twice as large, 2 finer ones",
-                0.25,
-                4.0,
-                1.0,
-                rw,
-            )
-            output = choice(("new-layer", "New layer"), ("in-place", "In place"))
-            procedure.add_choice_argument("output", "O_utput", "Output", output, "new-layer", rw)
         else:
             procedure.set_menu_label("_Upscale x4...")
             procedure.set_documentation(
@@ -380,12 +509,13 @@ class Impasto(Gimp.PlugIn):
                 "sr-sharp), empty for the first one.",
                 name,
             )
-            procedure.add_menu_path("<Image>/Filters")
-            procedure.add_string_argument("model", "_Model", "Upscaling model name", "", rw)
-            output = choice(("new-image", "New image"), ("in-place", "Resize this image"))
-            procedure.add_choice_argument("output", "O_utput", "Output", output, "new-image", rw)
+        procedure.add_menu_path("<Image>/Filters")  # after the label, which GIMP needs first
+        add_arguments(procedure, name)
+        if name == UPSCALE:
+            rw = GObject.ParamFlags.READWRITE
             procedure.add_image_return_value("new-image", "Image", "The upscaled image", True, rw)
         return procedure
 
 
-Gimp.main(Impasto.__gtype__, sys.argv)
+if __name__ == "__main__":  # run by GIMP; imported by the dialog test's probe plug-in
+    Gimp.main(Impasto.__gtype__, sys.argv)

@@ -12,8 +12,11 @@ from core.modelfile import ModelInfo, save_model
 from core.networks import build_network
 
 
-def make_model(folder: Path, name: str, kind: str = "style", seed: int = 0, **options) -> Path:
-    """Write a model file with random (seeded) weights, as a trained one would be written."""
+def make_model(
+    folder: Path, name: str, kind: str = "style", seed: int = 0, info: dict | None = None, **options
+) -> Path:
+    """Write a model file with random (seeded) weights, as a trained one would be written;
+    ``info``: metadata fields (description, credit...) besides the defaults."""
     torch.manual_seed(seed)
     net = build_network(kind, **options)
     if kind == "style":
@@ -22,8 +25,12 @@ def make_model(folder: Path, name: str, kind: str = "style", seed: int = 0, **op
             if hasattr(m, "record"):
                 m.weight.data.uniform_(0.5, 1.5)
                 m.bias.data.uniform_(-0.2, 0.2)
-    info = ModelInfo(name=name, kind=kind, arch=kind, options=options, display_name=name.title())
-    return save_model(folder / f"{name}.impasto", net, info)
+    fields = {"display_name": name.title(), **(info or {})}
+    return save_model(
+        folder / f"{name}.impasto",
+        net,
+        ModelInfo(name=name, kind=kind, arch=kind, options=options, **fields),
+    )
 
 
 @pytest.fixture

@@ -119,6 +119,38 @@ def test_round_trip_equals_engine(server: Server, photo: np.ndarray) -> None:
     np.testing.assert_array_equal(upscaled, engine_output("upscale", "sr", gray))
 
 
+def test_phases_show_what_the_job_waits_on(server: Server, photo: np.ndarray, models: Path) -> None:
+    # A model this server never ran (loaded on first use), on an image of several tiles.
+    make_model(models, "fresh", seed=3, width="compact")
+    client = Client(autostart=False)
+    phases: list[str] = []
+    fractions: list[float] = []
+    stylize(client, rgba(photo, 3), "fresh", phase=phases.append, progress=fractions.append)
+    order = [p for i, p in enumerate(phases) if i == 0 or p != phases[i - 1]]
+    assert [p for p in order if p] == ["loading", "statistics", "tiles"]
+    assert any(0 < f < 1 for f in fractions) and fractions[-1] == 1.0  # it moves before the end
+    health = client.health()
+    assert health["device_name"] == "CPU" and health["precision"]  # "CPU, fp32": where it runs
+
+
+def test_preview_of_a_crop_shows_what_stylize_gives_there(
+    server: Server, photo: np.ndarray
+) -> None:
+    client = Client(autostart=False)
+    image = rgba(photo, 4)  # 384x512: several of this server's tiles, normalised by a thumbnail
+    full = stylize(client, image, "wide")
+    y, x, side = 100, 200, 128
+    crop = np.ascontiguousarray(image[y : y + side, x : x + side])
+    whole = (image.tobytes(), image.shape[1], image.shape[0])  # small enough to be its thumbnail
+    phases: list[str] = []
+    view = client.preview(crop.tobytes(), side, side, 4, whole, "wide", phase=phases.append)
+    view = np.frombuffer(view, np.uint8).reshape(side, side, 4)
+    inner = slice(32, -32)  # the crop's border lacks the context the full image gives
+    worst = np.abs(view[inner, inner].astype(int) - full[y : y + side, x : x + side][inner, inner])
+    assert worst.max() <= 6 and worst.mean() < 1  # its own statistics would differ by tens
+    assert "tiles" in phases
+
+
 def test_errors_say_what_to_do(server: Server, photo: np.ndarray) -> None:
     client = Client(autostart=False)
     image = rgba(photo)

@@ -120,6 +120,18 @@ def test_strength_blends_with_the_original(models_dir, torch_engine):
     assert np.abs(full - image).mean() > 10  # the model does change the image
 
 
+def test_float_values_above_one_survive_the_blend(models_dir, torch_engine):
+    image = textured(48, 64) * 2  # HDR: up to about 2
+    assert image.max() > 1.5
+    same = torch_engine.stylize("tiny", image, StyleOptions(strength=0))
+    assert np.array_equal(same, image)  # nothing clipped
+    full = torch_engine.stylize("tiny", image)
+    assert full.max() <= 1 and full.min() >= 0  # the network's own range
+    half = torch_engine.stylize("tiny", image, StyleOptions(strength=0.5))
+    np.testing.assert_allclose(half, (full + image) / 2, atol=1e-5)  # the original as it is
+    assert torch_engine.upscale("sr", image).max() <= 1  # upscaling clips: the network's range
+
+
 def test_preserve_colors_keeps_the_chroma(models_dir, torch_engine):
     image = textured(48, 64)
     plain = torch_engine.stylize("tiny", image)

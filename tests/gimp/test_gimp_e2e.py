@@ -30,6 +30,7 @@ import install  # noqa: E402
 
 H, W = 48, 64  # small: the models have random weights and GIMP's start dominates anyway
 BIG = 2048  # for the cancel test: a job that runs long enough to be cancelled
+PH, PW = 600, 800  # for the preview: larger than its 512 px view
 
 # Runs inside GIMP (python-fu-eval). Each case makes its image from raw bytes, calls a procedure
 # non-interactively as a script or another plug-in would, and dumps what a user would see.
@@ -43,6 +44,7 @@ from gi.repository import Gegl, Gimp
 
 OUT = Path(__OUT__)
 H, W = __H__, __W__
+PH, PW = __PH__, __PW__
 BIG = __BIG__
 pdb = Gimp.get_pdb()
 results = {}
@@ -157,6 +159,32 @@ def deep():
     dump(layer, "deep", "R'G'B'A u8")
     return r
 
+def precise(precision, fmt, raw):
+    # A 1024-level ramp in an image of that precision, stylized at strength 0 (the identity), then
+    # upscaled into a new image: nothing may be lost to an 8-bit exchange.
+    image = Gimp.Image.new_with_precision(1024, 16, Gimp.ImageBaseType.RGB, precision)
+    layer = Gimp.Layer.new(image, "ramp", 1024, 16, Gimp.ImageType.RGB_IMAGE, 100.0,
+                           Gimp.LayerMode.NORMAL)
+    image.insert_layer(layer, None, 0)
+    buffer = layer.get_buffer()
+    buffer.set(rect(layer), fmt, (OUT / raw).read_bytes())
+    buffer.flush()
+    _, r = call("plug-in-impasto-stylize", image, layer, model="tiny", strength=0.0,
+                output="in-place")
+    dump(layer, raw.replace(".raw", "_styled"), fmt)
+    values, up = call("plug-in-impasto-upscale", image, layer, model="sr")
+    r["upscale"] = up
+    if up["status"] == "success":
+        r["precision"] = values.index(1).get_precision().value_nick
+    r["source_precision"] = image.get_precision().value_nick
+    return r
+
+def deep_u16():
+    return precise(Gimp.Precision.U16_NON_LINEAR, "R'G'B' u16", "ramp_u16.raw")
+
+def deep_float():
+    return precise(Gimp.Precision.FLOAT_LINEAR, "R'G'B' float", "ramp_f32.raw")
+
 def upscale_new():
     # Into a new image, returned to the caller.
     image, layer = new_image(*rgba)
@@ -185,6 +213,60 @@ def wrong_kind():
 def indexed():
     image, layer = new_image(None, Gimp.ImageBaseType.INDEXED, Gimp.ImageType.INDEXED_IMAGE, "")
     return call("plug-in-impasto-stylize", image, layer, model="tiny")[1]
+
+def bad_arguments():
+    # Values outside what the procedures take, as a script may pass them: refused, named.
+    image, layer = new_image(*rgba)
+    r = {}
+    for key, value in (("strength", 2.0), ("style_scale", 9.0), ("output", "new-image")):
+        r[key] = call("plug-in-impasto-stylize", image, layer, model="tiny", **{key: value})[1]
+    r["upscale_output"] = call("plug-in-impasto-upscale", image, layer, output="new-layer")[1]
+    r["layers"] = len(image.get_layers())
+    return r
+
+def help_ids():
+    return {n: pdb.lookup_procedure(n).get_help_id()
+            for n in ("plug-in-impasto-stylize", "plug-in-impasto-upscale")}
+
+def dialog_config():
+    # The real dialogs, used by a probe plug-in: pick, Save Settings, Reset, Load Saved Settings.
+    r = {"status": "success", "error": ""}
+    for name in ("impasto-probe-stylize", "impasto-probe-upscale"):
+        path = OUT / f"{name}.json"
+        _, status = call(name, None, None, out=str(path))
+        if status["status"] != "success":
+            return status
+        r[name] = json.loads(path.read_text())
+    return r
+
+def progress():
+    # A tiled job of a style not used yet (wide), with GIMP's progress calls recorded.
+    image = Gimp.Image.new(1200, 1100, Gimp.ImageBaseType.RGB)
+    layer = Gimp.Layer.new(image, "big", 1200, 1100, Gimp.ImageType.RGB_IMAGE, 100.0,
+                           Gimp.LayerMode.NORMAL)
+    image.insert_layer(layer, None, 0)
+    layer.fill(Gimp.FillType.WHITE)
+    path = OUT / "progress.json"
+    _, status = call("impasto-probe-progress", image, layer, out=str(path), model="wide",
+                     output="in-place")
+    if status["status"] != "success":
+        return status
+    return {**status, "calls": json.loads(path.read_text())}
+
+def dialog_preview():
+    # The live preview of a layer larger than the preview, used by a probe plug-in.
+    image = Gimp.Image.new(PW, PH, Gimp.ImageBaseType.RGB)
+    layer = Gimp.Layer.new(image, "big", PW, PH, Gimp.ImageType.RGBA_IMAGE, 100.0,
+                           Gimp.LayerMode.NORMAL)
+    image.insert_layer(layer, None, 0)
+    buffer = layer.get_buffer()
+    buffer.set(rect(layer), "R'G'B'A u8", (OUT / "big.raw").read_bytes())
+    buffer.flush()
+    path = OUT / "preview.json"
+    _, status = call("impasto-probe-preview", image, layer, out=str(path))
+    if status["status"] != "success":
+        return status
+    return {**status, **json.loads(path.read_text())}
 
 def dialog_stylize():
     # As from the menu: the dialog lists the server's styles, the user accepts the defaults.
@@ -232,8 +314,8 @@ def cancelled():
     r["unchanged"] = bytes(after) == bytes(before)
     return r
 
-dialogs = (dialog_stylize, dialog_upscale) if __DIALOGS__ else ()
-cases = (script_fu_example, python_example, new_layer, options, selection, offset, gray, deep,
+dialogs = (dialog_preview, dialog_config, dialog_stylize, dialog_upscale) if __DIALOGS__ else ()
+cases = (progress, deep_u16, deep_float, bad_arguments, help_ids, script_fu_example, python_example, new_layer, options, selection, offset, gray, deep,
          upscale_new, upscale_in_place, unknown_model, wrong_kind, indexed, locked, core_missing,
          cancelled)
 for case in (*dialogs, *cases):
@@ -262,6 +344,8 @@ def batch_script(out: Path, dialogs: bool, core_file: Path) -> str:
         "__OUT__": repr(str(out)),
         "__H__": str(H),
         "__BIG__": str(BIG),
+        "__PH__": str(PH),
+        "__PW__": str(PW),
         "__W__": str(W),
         "__SCRIPT_FU__": repr(docs_example("scheme", out)),
         "__PYTHON__": repr(docs_example("python", out)),
@@ -272,13 +356,20 @@ def batch_script(out: Path, dialogs: bool, core_file: Path) -> str:
     return script
 
 
-def photo_rgba() -> np.ndarray:
+def ramps() -> dict:
+    """1024 levels across 1024 pixels, per channel shifted: u16, and float from 0 to 2 (HDR)."""
+    levels = (np.arange(1024)[None, :, None] + np.array([0, 341, 682])) % 1024 / 1023
+    ramp = np.repeat(levels, 16, axis=0)
+    return {"u16": np.rint(ramp * 65535).astype("<u2"), "f32": (2 * ramp).astype("<f4")}
+
+
+def photo_rgba(h: int = H, w: int = W) -> np.ndarray:
     """Smooth colour structure and an alpha ramp (alpha must survive untouched)."""
-    y, x = np.mgrid[0:H, 0:W].astype(np.float32)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
     r = 127 + 100 * np.sin(x / 7.0) * np.cos(y / 9.0)
     g = 127 + 90 * np.cos((x + y) / 11.0)
-    b = 40 + 3 * x
-    a = 80 + 175 * (x / (W - 1))
+    b = 40 + 3 * x * W / w
+    a = 80 + 175 * (x / (w - 1))
     return np.clip(np.stack([r, g, b, a], -1), 0, 255).astype(np.uint8)
 
 
@@ -297,15 +388,25 @@ def session(tmp_path_factory: pytest.TempPathFactory, gimp_root: Path):
     out = work / "out"
     out.mkdir()
     models = work / "models"
-    make_model(models, "tiny", width="compact")
+    # Tooltips: a description that already gives the credit, and one that does not.
+    credit = "A. Painter, Tiny (2026), public domain"
+    tiny = {"description": f"Restyles a photo after {credit}", "credit": credit}
+    make_model(models, "tiny", width="compact", info=tiny)
     make_model(models, "sr", kind="sr")
-    make_model(models, "wide", width="full")
+    make_model(models, "wide", width="full", info={"description": "Broad", "credit": "B. Painter"})
     image = photo_rgba()
     (out / "rgba.raw").write_bytes(image.tobytes())
     (out / "gray.raw").write_bytes(image[..., 1].tobytes())
+    (out / "big.raw").write_bytes(photo_rgba(PH, PW).tobytes())
+    for name, ramp in ramps().items():
+        (out / f"ramp_{name}.raw").write_bytes(ramp.tobytes())
     Image.fromarray(image[..., :3]).save(out / "photo.jpg", quality=95)
     home = work / "home"
     plugin = install.install_plugin_into(home / ".config" / "GIMP" / "3.0", Path(sys.executable))
+    probe = plugin.parent / "impasto-probe" / "impasto-probe.py"  # drives the dialogs' config
+    probe.parent.mkdir()
+    probe.write_bytes((REPO / "tests" / "gimp" / "dialog_probe.py").read_bytes())
+    probe.chmod(0o755)
 
     server_env = {
         "IMPASTO_MODELS_DIR": str(models),
@@ -334,6 +435,7 @@ def session(tmp_path_factory: pytest.TempPathFactory, gimp_root: Path):
             watcher = threading.Thread(target=cancel_like_gimp, args=(out, client), daemon=True)
             watcher.start()
             done = gimp_chroot.run_batch(gimp_root, script, env)
+            (out / "gimp.log").write_text(done.stdout + done.stderr)  # for a failing case
             (out / "batch-done").write_text("")
             watcher.join()
         if not (out / "results.json").is_file():
@@ -539,3 +641,121 @@ def test_cancel_leaves_the_image_unchanged_and_stops_the_job(session) -> None:
     assert case["unchanged"]  # nothing is written before the whole result is there
     log = (out.parent / "log" / "server.log").read_text()
     assert "cancel" in log  # the server dropped the job (its log says so)
+
+
+def test_out_of_range_arguments_are_refused_by_name(session) -> None:
+    _, results, _ = session
+    case = results["bad_arguments"]
+    for key, named in (
+        ("strength", "strength must be between 0 and 1, not 2"),
+        ("style_scale", "style-scale must be between 0.25 and 4, not 9"),
+        ("output", "output must be 'new-layer' or 'in-place', not 'new-image'"),
+        ("upscale_output", "output must be 'new-image' or 'in-place', not 'new-layer'"),
+    ):
+        assert case[key]["status"] == "execution-error", (key, case[key])
+        assert named in case[key]["error"]
+    assert case["layers"] == 1  # nothing was made
+
+
+def test_help_opens_impastos_own_manual(session) -> None:
+    out, results, _ = session
+    plugin = out.parent / "home" / ".config" / "GIMP" / "3.0" / "plug-ins" / "impasto"
+    # GIMP registered the plug-in's help domain (it would otherwise say its manual is missing) ...
+    pluginrc = (out.parent / "home" / ".config" / "GIMP" / "3.0" / "pluginrc").read_bytes()
+    pluginrc = pluginrc.decode(errors="replace")  # it holds icons' bytes too
+    assert f'"impasto" "file://{plugin}/help"' in pluginrc
+    # ... whose map sends each procedure's help ID to its section of the shipped manual.
+    index = (plugin / "help" / "en" / "gimp-help.xml").read_text()
+    page = (plugin / "help" / "en" / "impasto.html").read_text()
+    sections = {"stylize": "Filters &gt; Neural Style...", "upscale": "Filters &gt; Upscale x4..."}
+    for name, qualified in results["help_ids"].items():
+        domain, help_id = qualified.split("?")
+        assert domain == "impasto"
+        ref = index.split(f'id="{help_id}" ref="', 1)[1].split('"', 1)[0]
+        anchor = ref.split("#", 1)[1]
+        section = page.split(f'<a id="{anchor}"></a>', 1)[1].split("\n", 1)[0]
+        assert sections[name.rsplit("-", 1)[1]] in section
+
+
+def test_dialog_model_combo_follows_reset_and_saved_settings(session) -> None:
+    _, results, _ = session
+    case = dialog_case(results, "dialog_config")["impasto-probe-stylize"]
+    first = case["first"]  # the first installed style: what an empty model (the default) runs
+    assert case["opened"]["model"] == first
+    assert case["picked"] == {"model": "wide", "output": "in-place"}  # the combos set the config
+    reset = case["reset"]  # Reset > Reset to Factory Defaults
+    assert reset["model"] == reset["runs"] == first  # shows what OK runs
+    assert reset["output"] == "new-layer" and reset["strength"][2] == 1.0
+    assert case["loaded"]["model"] == "wide" and case["loaded"]["output"] == "in-place"
+    upscale = dialog_case(results, "dialog_config")["impasto-probe-upscale"]
+    assert upscale["reset"]["model"] == upscale["reset"]["runs"] == upscale["first"]
+    assert upscale["reset"]["output"] == "new-image"
+    assert upscale["loaded"]["model"] == "sr" and upscale["loaded"]["output"] == "in-place"
+
+
+def test_dialog_sliders_tooltips_and_where_it_runs(session) -> None:
+    _, results, _ = session
+    case = dialog_case(results, "dialog_config")["impasto-probe-stylize"]
+    opened = case["opened"]
+    assert opened["strength"][:2] == [0.0, 1.0] and opened["style-scale"][:2] == [0.25, 4.0]
+    assert "Brush size: smaller = bigger strokes" in opened["labels"]
+    assert case["tiny_tooltip"].count("A. Painter") == 1  # the credit, once
+    assert case["loaded"]["model_tooltip"] == "Broad\nB. Painter"
+    # Where it runs, from the server's health answer (this server: the CPU).
+    assert any(text.startswith("Runs on CPU, ") for text in opened["labels"])
+
+
+def test_dialog_preview_shows_what_ok_gives_and_follows_the_options(session) -> None:
+    out, results, _ = session
+    case = dialog_case(results, "dialog_preview")
+    assert any(text.startswith("Preparing Tiny") for text in case["texts"])  # first use
+    assert case["output"] == "in-place"  # the last used output, kept
+    models = out.parent / "models"
+    whole = np.frombuffer((out / "preview-whole-view.raw").read_bytes(), np.uint8)
+    thumbnail = whole.reshape(case["sent"]["whole"]["size"][::-1] + [4])  # longest side 512
+    assert max(thumbnail.shape[:2]) == 512
+    # The whole view: the core's preview of those pixels (its statistics: the 768 px thumbnail).
+    shown = np.frombuffer((out / "preview-whole.raw").read_bytes(), np.uint8)
+    assert shown.reshape(thumbnail.shape).std() > 5  # a picture, not a blank
+    # The 1:1 centre: what OK gives there (the layer stylized whole), away from the crop's edges.
+    big = photo_rgba(PH, PW)
+    full = engine_result("stylize", big, "tiny", models, strength=0.5)
+    crop = np.frombuffer((out / "preview-crop.raw").read_bytes(), np.uint8).reshape(512, 512, 4)
+    y, x = (PH - 512) // 2, (PW - 512) // 2
+    inner = slice(48, -48)
+    diff = np.abs(crop[inner, inner].astype(int) - full[y : y + 512, x : x + 512][inner, inner])
+    assert diff.mean() < 2, diff.mean()
+    assert case["started_by_burst"] == 1  # five quick changes, one job
+    assert 0.3 not in case["strengths_shown"]  # superseded while it ran: never shown
+    assert case["strengths_shown"][-1] == 0.2
+
+
+@pytest.mark.parametrize("name", ["u16", "f32"])
+def test_16_bit_and_float_images_keep_their_precision(session, name) -> None:
+    out, results, _ = session
+    case = results[{"u16": "deep_u16", "f32": "deep_float"}[name]]
+    assert case["status"] == "success", case["error"]
+    ramp = ramps()[name]
+    got = np.frombuffer((out / f"ramp_{name}_styled.raw").read_bytes(), ramp.dtype)
+    got = got.reshape(ramp.shape)
+    assert len(np.unique(got[..., 0])) == 1024  # not the 256 of an 8-bit round trip
+    tolerance = 1 if name == "u16" else 1e-4  # float: GIMP's linear <-> perceptual conversions
+    assert np.abs(got.astype(float) - ramp).max() <= tolerance  # strength 0: the original
+    assert abs(got.max() - ramp.max()) <= tolerance  # float: values above 1.0 kept
+    assert case["upscale"]["status"] == "success", case["upscale"]["error"]
+    assert case["precision"] == case["source_precision"]  # the x4 image is just as deep
+
+
+def test_progress_names_each_phase_and_the_bar_moves(session) -> None:
+    _, results, _ = session
+    case = results["progress"]
+    assert case["status"] == "success", case["error"]
+    texts = [c[1] for c in case["calls"] if c[0] in ("progress_init", "progress_set_text")]
+    phases = ["reading the layer", "preparing Wide", "measuring the whole image", "painting"]
+    phases.append("writing the result")
+    found = [next((i for i, t in enumerate(texts) if p in t), None) for p in phases]
+    assert None not in found and found == sorted(found), texts  # each phase, in order
+    assert not any("waiting for 0" in t or "connecting" in t for t in texts)
+    fractions = [c[1] for c in case["calls"] if c[0] == "progress_update"]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert len([f for f in fractions if 0 < f < 1]) >= 3  # it moves tile by tile, not in one jump
