@@ -1,13 +1,15 @@
 """Proof of quality for the shipped models: the numbers and pictures in docs/models.md.
 
-Style: the perceptual objective (content + style, the loss network and weights each model was
-trained with) of the feed-forward output vs Gatys-style L-BFGS optimisation from the same photo, on
-held-out BSD100 photos. SR: PSNR/SSIM (Y, 4-pixel border) on Set5/Set14/BSD100 from their LR_x4
-inputs, for bicubic and each shipped SR model. Pictures: contact sheets and an SR comparison.
+Style: one objective for every model, old or new (the relative perceptual loss on VGG-16-BN, which
+none of them was trained with), for the feed-forward output vs Gatys-style L-BFGS optimisation
+from the same photo, on held-out BSD100 photos. SR: PSNR/SSIM (Y, 4-pixel border) on
+Set5/Set14/BSD100 from their LR_x4 inputs, for bicubic and each shipped SR model. Pictures: contact
+sheets, a before/after gallery (with --old) and an SR comparison.
 
     python bench/quality.py [--data DIR] [--out docs] [--photos 10] [--styles a,b] [--skip-sr]
+        [--old FOLDER_OF_EARLIER_MODELS]
 
-Gatys optimisation is slow on a CPU (~30 s per photo and style for 500 iterations): --styles and
+Gatys optimisation is slow on a CPU (~0.5 s per iteration at 256 px with VGG-16-BN): --styles and
 --photos bound the comparison; the pictures always cover every shipped style.
 """
 
@@ -155,11 +157,16 @@ def compare_with_gatys(
         )
 
 
-def style_pictures(data: Path, out: Path) -> None:
-    """A contact sheet per style (photo, painting, result) and a gallery of our own photos."""
+def style_pictures(data: Path, out: Path, old: Path | None) -> None:
+    """A contact sheet per style (photo, painting, result) and a gallery of our own photos: each
+    style's result, after its older version from ``old`` where there is one (before/after)."""
     held_out = sorted((data / "sr" / "eval" / "BSD100" / "HR").glob("*.png"))[:2]
     gallery = [[square(p) for p in OUR_PHOTOS]]
+    before = {i.name: n for label, n, i in style_models(old) if label.endswith("(old)")}
     for net, info in shipped("style"):
+        if info.name in before:
+            with torch.no_grad():
+                gallery.append([before[info.name](p).clamp(0, 1) for p in gallery[0]])
         style = painting(info, data)
         style_square = F.interpolate(style, size=(SIZE, SIZE), mode="bilinear", antialias=True)
         sheet = []
@@ -237,7 +244,7 @@ def main() -> None:
     if not args.skip_sr:
         evaluate_sr(args.data, args.out, args.sets.split(","))
     if not args.skip_style:
-        style_pictures(args.data, args.out)
+        style_pictures(args.data, args.out, args.old)
         iters = [int(n) for n in args.iterations.split(",")]
         names = args.styles.split(",") if args.styles else None
         compare_with_gatys(args.data, args.photos, names, iters, args.out, args.init, args.old)

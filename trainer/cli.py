@@ -246,6 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
         default="paper",
         help="paper: Johnson et al.'s mean squared errors (their scale differs ~1e7x between VGG layers, so the deep, painterly layers barely count); relative: each error divided by its target's mean square, so every style layer counts equally and the weights mean the same on every loss network",
     )
+    style.add_argument(
+        "--content-layer",
+        default="",
+        help="the loss network's layer for the content loss (default: the network's own, e.g. relu2_2 for VGG-16, block6 for MobileNetV2; block3 keeps more of the photo's detail)",
+    )
     style.add_argument("--style-size", type=int, default=256, help="the painting's longer side in pixels during training; larger: finer brush strokes (default 256, as the authors' code)")  # fmt: skip
     _add_common(style, "style")
 
@@ -352,6 +357,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
         pixel_weight=getattr(args, "pixel_weight", 0.0),
         style_size=getattr(args, "style_size", 256),
         loss_form=getattr(args, "loss_form", "paper"),
+        content_layer=getattr(args, "content_layer", ""),
         sr_loss=getattr(args, "loss", "perceptual"),
         scale=getattr(args, "scale", 4),
         degradation=getattr(args, "degradation", "paper"),

@@ -39,6 +39,7 @@ class TrainConfig:
     pixel_weight: float = 0.0
     style_size: int = 256
     loss_form: str = "paper"  # trainer.losses.LOSS_FORMS: "paper" or "relative"
+    content_layer: str = ""  # the loss network's layer for the content loss ("": its default)
     sr_loss: str = "perceptual"
     scale: int = 4
     degradation: str = "paper"

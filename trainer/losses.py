@@ -50,6 +50,7 @@ class StyleLoss(nn.Module):
         style_weight: float,
         tv_weight: float,
         form: str = "paper",
+        content_layer: str | None = None,
     ) -> None:
         super().__init__()
         if form not in LOSS_FORMS:
@@ -62,7 +63,11 @@ class StyleLoss(nn.Module):
             tv_weight,
         )
         spec = lossnet.spec
-        self.content_layer, self.style_layers = spec.content_layer, spec.style_layers
+        self.content_layer = content_layer or spec.content_layer
+        if self.content_layer not in spec.taps.values():
+            taps = ", ".join(spec.taps.values())
+            raise ValueError(f"{spec.name} has no layer {self.content_layer!r}: choose {taps}")
+        self.style_layers = spec.style_layers
         with torch.no_grad():
             features = lossnet(style_image.to(lossnet.mean.device), self.style_layers)
         for name in self.style_layers:

@@ -64,6 +64,7 @@ class StyleTask:
             config.style_weight,
             config.tv_weight,
             config.loss_form,
+            config.content_layer or None,
         )
 
     def network(self) -> nn.Module:

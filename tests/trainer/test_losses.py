@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from trainer.losses import StyleLoss, gram_matrix
@@ -47,3 +48,20 @@ def test_relative_loss_form_means_the_same_on_any_loss_networks_scale():
     torch.testing.assert_close(paper10["style"], 1e4 * paper1["style"], rtol=1e-4, atol=0)
     for term in ("content", "style"):
         torch.testing.assert_close(terms["relative", 10.0][term], terms["relative", 1.0][term])
+
+
+def test_content_layer_can_be_chosen_and_an_unknown_one_is_refused():
+    torch.manual_seed(3)
+    style, photo = torch.rand(1, 3, 40, 48), torch.rand(1, 3, 32, 32)
+    output = photo + 0.1 * torch.randn_like(photo)
+    net = _scaled_vgg(1.0)
+    default = StyleLoss(net, style, 1.0, 0.0, 0.0, "relative")(output, photo)["content"]
+    shallow = StyleLoss(net, style, 1.0, 0.0, 0.0, "relative", "relu1_2")
+    features = net(photo, ("relu1_2",))["relu1_2"]
+    expected = (net(output, ("relu1_2",))["relu1_2"] - features).pow(2).mean() / features.pow(
+        2
+    ).mean()
+    torch.testing.assert_close(shallow(output, photo)["content"], expected)
+    assert not torch.isclose(default, expected)
+    with pytest.raises(ValueError, match="no layer 'block3'"):
+        StyleLoss(net, style, 1.0, 1.0, 0.0, "relative", "block3")
