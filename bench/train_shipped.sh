@@ -10,7 +10,7 @@
 # Environment: IMPASTO_DEVICE (default cuda), SIZE / FINAL_SIZE / FINAL_STEPS (crops: default 256
 # throughout, the paper's; on a CPU e.g. SIZE=128 FINAL_SIZE=256 FINAL_STEPS=300), BATCH (4),
 # ONLY="great-wave udnie" (a subset of the styles), THREADS (CPU threads per run), LOSS_NETWORK
-# (mobilenet_v2; vgg16_hed is the paper's architecture), STYLE_WEIGHT (2), TV (0).
+# (mobilenet_v2; vgg16_hed is the paper's architecture), STYLE_WEIGHT (1), TV (0).
 set -u
 data=$1 out=$2 steps=${3:-40000} seconds=${4:-540} parts=${5:-styles}
 mkdir -p "$out/models" "$out/runs"
@@ -19,6 +19,8 @@ export OMP_NUM_THREADS=${THREADS:-2}
 common=(--dataset "$data/train" --device "$device" --amp --resident --checkpoint-every 1000
         --preview-every 5000 --log-every 100 --batch-size "${BATCH:-4}")
 lossnet=${LOSS_NETWORK:-mobilenet_v2}
+# MobileNetV2's default content layer (block6) is 16x16 at 128-px crops; block3 keeps more of the photo.
+[ "$lossnet" = mobilenet_v2 ] && content_layer=(--content-layer block3) || content_layer=()
 [ -f "$data/$lossnet.pt" ] && lossnet_weights=(--loss-weights "$data/$lossnet.pt") || lossnet_weights=()
 sizes=(--image-size "${SIZE:-256}")
 [ -n "${FINAL_SIZE:-}" ] && sizes+=(--final-image-size "$FINAL_SIZE" --final-steps "${FINAL_STEPS:?}")
@@ -37,21 +39,21 @@ style() {  # style NAME FILE STYLE_WEIGHT STYLE_SIZE WIDTH "DISPLAY NAME" "CREDI
     local name=$1 file=$2 weight=$3 size=$4 width=$5 display=$6 credit=$7
     [ -n "${ONLY:-}" ] && [[ " $ONLY " != *" $name "* ]] && return
     train "$name" style --name "$name" --style-image "$data/styles/$file" --width "$width" \
-        --loss-network "$lossnet" "${lossnet_weights[@]}" --loss-form relative --content-weight 1 \
+        --loss-network "$lossnet" "${lossnet_weights[@]}" --loss-form relative --content-weight 1 "${content_layer[@]}" \
         --style-weight "$weight" --style-size "$size" --tv-weight "${TV:-0}" --steps "$steps" "${sizes[@]}" \
         --display-name "$display" --credit "$credit" --description "Restyles a photo after $credit"
 }
 
 # The recipe per painting (style weight, painting size): docs/training.md shows the sweeps behind it.
 if [[ $parts == *styles* ]]; then
-style starry-night starry_night.jpg "${STYLE_WEIGHT:-2}" 256 compact "Starry Night" "Vincent van Gogh, The Starry Night (1889), public domain"
-style great-wave wave.jpg "${STYLE_WEIGHT:-2}" 256 compact "Great Wave" "Katsushika Hokusai, The Great Wave off Kanagawa (c. 1831), public domain"
-style the-scream the_scream.jpg "${STYLE_WEIGHT:-2}" 256 compact "The Scream" "Edvard Munch, The Scream (1893), public domain"
-style composition-vii composition_vii.jpg "${STYLE_WEIGHT:-2}" 256 compact "Composition VII" "Wassily Kandinsky, Composition VII (1913), public domain"
-style udnie udnie.jpg "${STYLE_WEIGHT:-2}" 256 compact "Udnie" "Francis Picabia, Udnie (1913), public domain"
+style starry-night starry_night.jpg "${STYLE_WEIGHT:-1}" 256 compact "Starry Night" "Vincent van Gogh, The Starry Night (1889), public domain"
+style great-wave wave.jpg "${STYLE_WEIGHT:-1}" 256 compact "Great Wave" "Katsushika Hokusai, The Great Wave off Kanagawa (c. 1831), public domain"
+style the-scream the_scream.jpg "${STYLE_WEIGHT:-1}" 256 compact "The Scream" "Edvard Munch, The Scream (1893), public domain"
+style composition-vii composition_vii.jpg "${STYLE_WEIGHT:-1}" 256 compact "Composition VII" "Wassily Kandinsky, Composition VII (1913), public domain"
+style udnie udnie.jpg "${STYLE_WEIGHT:-1}" 256 compact "Udnie" "Francis Picabia, Udnie (1913), public domain"
 fi
 [[ $parts == *full* ]] &&
-style starry-night-full starry_night.jpg "${STYLE_WEIGHT:-2}" 256 full "Starry Night (full width)" "Vincent van Gogh, The Starry Night (1889), public domain"
+style starry-night-full starry_night.jpg "${STYLE_WEIGHT:-1}" 256 full "Starry Night (full width)" "Vincent van Gogh, The Starry Night (1889), public domain"
 [[ $parts == *sr* ]] && for loss in pixel perceptual; do
     name=$([ $loss = pixel ] && echo sr-faithful || echo sr-sharp)
     sr_weights=()  # the perceptual model's loss network, from the pack where its package is absent
