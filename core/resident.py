@@ -169,7 +169,8 @@ def run_tiled(job: Job, source: torch.Tensor, convert: Convert, scale: int, sink
         e._check(job.cancel)
         enter("statistics")
         side = min(e.THUMBNAIL_SIDE, in_tile)
-        affine = runner.affine(runner.stats(_pad_to4(thumbnail(source, convert, side))))
+        small = thumbnail(source, convert, side, in_tile)
+        affine = runner.affine(runner.stats(_pad_to4(small)))
         done += 1
         report(done, total)
     enter("tiles")
@@ -194,18 +195,17 @@ def run_tiled(job: Job, source: torch.Tensor, convert: Convert, scale: int, sink
         band[..., kept:, :] = 0
 
 
-def thumbnail(source: torch.Tensor, convert: Convert, side: int) -> torch.Tensor:
+def thumbnail(source: torch.Tensor, convert: Convert, side: int, rows: int) -> torch.Tensor:
     """The network input shrunk to longest side ``side`` as core.engine._thumbnail_stats does,
-    converted to float in bands of rows: no float copy of the whole image."""
+    converted to float ``rows`` rows at a time: no float copy of the whole image."""
     h, w = source.shape[-2:]
     size = _thumbnail_size(h, w, side)
     if size == (h, w):
         return convert(source)
     # Antialiased bilinear is separable: widths first, band by band, then the heights at once.
-    step = max(1, (1 << 24) // (3 * w))  # ~64 MB of float32 per band
     narrow = [
-        _shrink(convert(source[..., y : y + step, :]), (min(step, h - y), size[1]))
-        for y in range(0, h, step)
+        _shrink(convert(source[..., y : y + rows, :]), (min(rows, h - y), size[1]))
+        for y in range(0, h, rows)
     ]
     return _shrink(torch.cat(narrow, dim=2), size)
 
