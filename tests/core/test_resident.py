@@ -145,3 +145,23 @@ def test_device_memory_follows_the_tile_not_the_image(models_dir):
         upscaled.append(mode.largest)
     assert styled[1] <= styled[0] < 3 * 1600 * 192  # a tile's activations
     assert upscaled[1] <= upscaled[0] < 3 * (4 * 1600) * (4 * 48)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_stylizes_a_large_image_within_a_memory_budget(models_dir):
+    # 24 MP in 2 GiB of GPU memory: eager whole-image inference needs several times that.
+    budget = 2 * 2**30
+    torch.cuda.set_per_process_memory_fraction(
+        budget / torch.cuda.get_device_properties(0).total_memory
+    )
+    try:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        image = as_dtype(textured(4000, 6000), np.uint8)
+        result = Engine(device="cuda", tile_size=1024).stylize("wide", image)
+        assert result.shape == image.shape and torch.cuda.max_memory_allocated() <= budget
+        net = load_model(models_dir / "wide.impasto")[0].cuda()
+        with pytest.raises(torch.OutOfMemoryError), torch.no_grad():
+            net(torch.from_numpy(image).cuda().permute(2, 0, 1)[None].float() / 255)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
