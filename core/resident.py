@@ -10,6 +10,7 @@ image and the result in their own dtypes, the device holds float32 for one row o
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -40,9 +41,12 @@ class Job:
 
 def upload(pixels: np.ndarray, device: torch.device) -> torch.Tensor:
     """HxWxC pixels (a view) to the device as they are, (1, C, H, W) with channels last."""
-    t = torch.from_numpy(np.ascontiguousarray(pixels))
+    with warnings.catch_warnings():
+        # A server's request body is read-only; the pixels are only read.
+        warnings.filterwarnings("ignore", "The given NumPy array is not writable")
+        t = torch.from_numpy(np.ascontiguousarray(pixels))
     if device.type == "cuda":
-        t = t.pin_memory()  # lets the copy run as a DMA transfer, without a staging copy
+        t = t.pin_memory()  # page-locked: the copy to the GPU runs asynchronously at full speed
     return t.to(device, non_blocking=True).permute(2, 0, 1)[None]
 
 
