@@ -169,13 +169,14 @@ class Engine:
         above 1 survive as far as they are blended in (all of them at strength 0)."""
 
         if self.resident:
-            _check_options(options or StyleOptions())
+            chosen = options or StyleOptions()
+            _check_options(chosen)
             return self._on_device(
                 model,
                 "style",
                 image,
                 phase,
-                lambda job, color: _resident().stylize(job, color, options or StyleOptions()),
+                lambda job, color: _resident().stylize(job, color, chosen),
                 progress,
                 cancel,
             )
@@ -298,9 +299,8 @@ class Engine:
             loaded = self._load(model, kind, phase)
 
             def attempt(tile: int) -> np.ndarray:
-                spec = _resident().Job(
-                    loaded.runner, loaded.has_norm, tile, progress, cancel, phase
-                )  # type: ignore[arg-type]
+                runner = loaded.runner  # a TorchRunner: resident jobs need the torch backend
+                spec = _resident().Job(runner, loaded.has_norm, tile, progress, cancel, phase)
                 return job(spec, color)
 
             out = self._retrying(loaded, attempt)
