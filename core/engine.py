@@ -98,7 +98,8 @@ class Engine:
     tile_size: largest tile side in output pixels (default per device, TILE_SIZE); precision:
     "auto" (fp16 on CUDA; on the CPU int8 for models calibrated for it, else bf16 where the CPU
     has it natively, else fp32), "fp32", "fp16", "bf16" or "int8" (OpenVINO; style models need a
-    calibration, upscalers run as auto would without int8).
+    calibration, upscalers run as auto would without int8). resident: keep stylize and upscale
+    on the device (core.resident; default with the torch backend), else tile and blend on the host.
     """
 
     def __init__(
@@ -107,9 +108,15 @@ class Engine:
         backend: str = "auto",
         tile_size: int | None = None,
         precision: str = "auto",
+        resident: bool | None = None,
     ) -> None:
         self.device = _resolve_device(device)
         self.backend = _resolve_backend(backend, self.device)
+        self.resident = self.backend == "torch" if resident is None else resident
+        if self.resident and self.backend != "torch":
+            raise EngineError("device-resident jobs need the torch backend")
+        # torch.compile of the tile form on CUDA: "off" (default), "compile" or "cudagraphs".
+        self.compile_mode = os.environ.get("IMPASTO_TORCH_COMPILE", "off")
         self.precision = _resolve_precision(precision, self.device, self.backend)
         self.auto_precision = precision == "auto"
         if tile_size is not None and tile_size < MIN_TILE_SIZE:
@@ -160,6 +167,19 @@ class Engine:
         float32 may hold values above 1 (HDR): the network sees the image clipped to 0..1 and
         gives 0..1; the strength blend and preserve_colors use the original as it is, so values
         above 1 survive as far as they are blended in (all of them at strength 0)."""
+
+        if self.resident:
+            chosen = options or StyleOptions()
+            _check_options(chosen)
+            return self._on_device(
+                model,
+                "style",
+                image,
+                phase,
+                lambda job, color: _resident().stylize(job, color, chosen),
+                progress,
+                cancel,
+            )
 
         def run(loaded: _Loaded, rgb: np.ndarray) -> np.ndarray:
             return self._run(loaded, rgb, progress, cancel, phase=phase)
@@ -240,6 +260,16 @@ class Engine:
         phase: Phase | None = None,
     ) -> np.ndarray:
         """Upscale an HxWxC image x4 (C 1-4; uint8, uint16 or float32): 4Hx4WxC, same dtype back."""
+        if self.resident:
+            return self._on_device(
+                model,
+                "sr",
+                image,
+                phase,
+                lambda job, color: _resident().upscale(job, color, 4),
+                progress,
+                cancel,
+            )
         rgb, alpha = _split(image)
         if image.dtype == np.float32:
             np.clip(
@@ -250,10 +280,35 @@ class Engine:
             scale = 4
             upscaled = self._run(loaded, rgb, progress, cancel, scale=scale, phase=phase)
         np.clip(upscaled, 0, 1, out=upscaled)
+        return _join(upscaled, _upscale_alpha(alpha, scale), image)
+
+    def _on_device(
+        self,
+        model: str | Path,
+        kind: str,
+        image: np.ndarray,
+        phase: Phase | None,
+        job: Callable,
+        progress: Progress | None,
+        cancel: threading.Event | None,
+    ) -> np.ndarray:
+        """A device-resident job: ``job(Job, colour channels)`` gives the colour result; alpha is
+        the original's (resized x4 for upscaling), joined on the host."""
+        color, alpha = _channels(image)
+        with self._lock:
+            loaded = self._load(model, kind, phase)
+
+            def attempt(tile: int) -> np.ndarray:
+                runner = loaded.runner  # a TorchRunner: resident jobs need the torch backend
+                spec = _resident().Job(runner, loaded.has_norm, tile, progress, cancel, phase)
+                return job(spec, color)
+
+            out = self._retrying(loaded, attempt)
+        if kind == "sr":
+            alpha = _upscale_alpha(alpha, 4)
         if alpha is not None:
-            size = (alpha.shape[0] * scale, alpha.shape[1] * scale)
-            alpha = _from_float(np.clip(_resize(_to_float(alpha), size), 0, 1), alpha.dtype)
-        return _join(upscaled, alpha, image)
+            out = np.concatenate([out, alpha], axis=2)
+        return out[..., 0] if image.ndim == 2 else out
 
     def _load(self, model: str | Path, kind: str, phase: Phase | None = None) -> _Loaded:
         path = _model_path(model, kind)
@@ -282,7 +337,7 @@ class Engine:
                 net, info = load_model(path)
             except ModelFileError as e:
                 raise EngineError(str(e)) from None
-            runner = TorchRunner(net, self.device, self.precision)
+            runner = TorchRunner(net, self.device, self.precision, self.compile_mode)
             has_norm = bool(norm_layers(net))
         self._models[path] = _Loaded(stamp, info, runner, has_norm, self._tile_size_for(info))
         self._models.move_to_end(path)
@@ -339,11 +394,17 @@ class Engine:
         scale: int = 1,
         phase: Phase | None = None,
     ) -> np.ndarray:
-        """The network's output for an HxWx3 float image, tiled; smaller tiles when memory runs out."""
+        """Run the network over the image on the host, in tiles if it is large."""
+        return self._retrying(
+            loaded, lambda tile: _run_tiled(loaded, rgb, tile, scale, progress, cancel, phase)
+        )
+
+    def _retrying(self, loaded: _Loaded, attempt: Callable[[int], np.ndarray]) -> np.ndarray:
+        """``attempt(tile side)``, with smaller tiles when memory runs out."""
         tile = loaded.tile_size
         while True:
             try:
-                return _run_tiled(loaded, rgb, tile, scale, progress, cancel, phase)
+                return attempt(tile)
             except RuntimeCancelled:
                 raise Cancelled("cancelled") from None
             except (RuntimeError, MemoryError) as e:
@@ -552,6 +613,14 @@ def _check_options(options: StyleOptions) -> None:
 
 def _split(image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     """Float32 RGB in [0, 1] (gray repeated) and the alpha channel, untouched (or None)."""
+    color, alpha = _channels(image)
+    if color.shape[2] == 1:
+        color = np.repeat(color, 3, axis=2)
+    return _to_float(color), alpha
+
+
+def _channels(image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """Views of a checked image's colour channels (RGB, or gray as one) and alpha (or None)."""
     if not isinstance(image, np.ndarray):
         raise EngineError(f"image must be a numpy array, not {type(image).__name__}")
     if image.dtype not in (np.uint8, np.uint16, np.float32):
@@ -569,9 +638,24 @@ def _split(image: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
             f"use one at least {MIN_SIDE}x{MIN_SIDE}"
         )
     channels = pixels.shape[2]
-    color = pixels[..., :3] if channels >= 3 else np.repeat(pixels[..., :1], 3, axis=2)
+    color = pixels[..., :3] if channels >= 3 else pixels[..., :1]
     alpha = pixels[..., channels - 1 :] if channels in (2, 4) else None
-    return _to_float(color), alpha
+    return color, alpha
+
+
+def _upscale_alpha(alpha: np.ndarray | None, scale: int) -> np.ndarray | None:
+    """Alpha resized ``scale`` times in its own dtype (None stays None)."""
+    if alpha is None:
+        return None
+    size = (alpha.shape[0] * scale, alpha.shape[1] * scale)
+    return _from_float(np.clip(_resize(_to_float(alpha), size), 0, 1), alpha.dtype)
+
+
+def _resident():
+    """core.resident, imported where it runs (it imports torch)."""
+    from core import resident
+
+    return resident
 
 
 def _join(rgb: np.ndarray, alpha: np.ndarray | None, like: np.ndarray) -> np.ndarray:

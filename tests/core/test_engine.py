@@ -383,18 +383,20 @@ def test_openvino_cancel_between_tiles_leaves_the_engine_exact(models_dir):
     np.testing.assert_array_equal(engine.stylize("tiny", image), expected)
 
 
-def test_out_of_memory_retries_with_smaller_tiles(models_dir, monkeypatch):
-    engine = Engine(device="cpu", backend="torch", tile_size=512)
+@pytest.mark.parametrize("resident", [True, False])
+def test_out_of_memory_retries_with_smaller_tiles(models_dir, monkeypatch, resident):
+    engine = Engine(device="cpu", backend="torch", tile_size=512, resident=resident)
     image = textured(300, 400)
     expected = Engine(device="cpu", backend="torch", tile_size=256).stylize("tiny", image)
     runner = engine._load("tiny", "style").runner
-    run_frozen, run_whole = runner.run_frozen, runner.run_whole
+    # The forms each path runs: tensors (1, 3, H, W) on the device, arrays (1, H, W, 3) on the host.
+    names = ("tile", "whole") if resident else ("run_frozen", "run_whole")
     tried = []
 
     def limited(run):
         # What a real allocator does: big inputs fail, small ones work.
         def run_limited(x, *args):
-            _, height, width, _ = x.shape
+            height, width = x.shape[-2:] if resident else x.shape[1:3]
             tried.append(width)
             if height * width > 300 * 300:
                 raise RuntimeError(
@@ -404,8 +406,8 @@ def test_out_of_memory_retries_with_smaller_tiles(models_dir, monkeypatch):
 
         return run_limited
 
-    monkeypatch.setattr(runner, "run_frozen", limited(run_frozen))
-    monkeypatch.setattr(runner, "run_whole", limited(run_whole))
+    for name in names:
+        monkeypatch.setattr(runner, name, limited(getattr(runner, name)))
     result = engine.stylize("tiny", image)
     assert tried[0] == 400 and max(tried[1:]) <= 256
     assert np.abs(result - expected).max() < 1e-5
