@@ -63,9 +63,11 @@ def connect():
         )
     if repo not in sys.path:
         sys.path.insert(0, repo)
-    from core import client  # standard library only: safe in GIMP's Python
+    from core import client, flatpak  # standard library only: safe in GIMP's Python
 
     # A generous timeout: the first job after a while waits for the server to load torch.
+    if flatpak.inside():  # Flathub's GIMP: the server runs outside the sandbox
+        return flatpak.client(setup, timeout=120)
     return client.Client(python=python, repo=repo, timeout=120)
 
 

@@ -121,13 +121,14 @@ def _chroot(root: Path, env: dict[str, str], command: list[str]) -> list[str]:
 
 
 def run_batch(
-    root: Path, script: str, env: dict[str, str], timeout: float = 300
+    root: Path, script: str, env: dict[str, str], timeout: float = 300, prefix: tuple = ()
 ) -> subprocess.CompletedProcess:
-    """Run a python-fu-eval batch script in headless GIMP inside the chroot (it must be mounted)."""
+    """Run a python-fu-eval batch script in headless GIMP inside the chroot (it must be mounted);
+    ``prefix`` wraps the chroot command (e.g. FLATPAK_PIDS)."""
     command = [GIMP, "-i", "--batch-interpreter=python-fu-eval", "-b", "-", "--quit"]
     # A session of its own, so a hung GIMP is killed with all its plug-ins.
     with subprocess.Popen(
-        _chroot(root, env, command),
+        [*prefix, *_chroot(root, env, command)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -182,3 +183,25 @@ def virtual_display(root: Path) -> Iterator[str]:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+# ---- a Flatpak-like sandbox -----------------------------------------------------------------
+
+# Flatpak gives the sandbox its own pid namespace: the host's processes (the server) are invisible.
+FLATPAK_PIDS = ("unshare", "--pid", "--fork", "--kill-child")
+
+
+@contextlib.contextmanager
+def flatpak_like(root: Path, scratch: Path) -> Iterator[Path]:
+    """A copy-on-write view of the chroot with /.flatpak-info, as inside Flathub's GIMP; the cached
+    chroot itself (shared with other runs) is never changed. Yields the view's root."""
+    upper, work, view = (scratch / name for name in ("upper", "work", "root"))
+    for folder in (upper, work, view):
+        folder.mkdir(parents=True)
+    options = f"lowerdir={root},upperdir={upper},workdir={work}"
+    _run(["mount", "-t", "overlay", "overlay", "-o", options, str(view)], "overlay mount", 30)
+    try:
+        (view / ".flatpak-info").write_text("[Application]\nname=org.gimp.GIMP\n")
+        yield view
+    finally:
+        subprocess.run(["umount", "-l", str(view)], capture_output=True)
