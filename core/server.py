@@ -55,7 +55,7 @@ from core.requests import (
 log = logging.getLogger("impasto.server")
 
 DEFAULT_IDLE_TIMEOUT = 1800.0  # seconds without requests or jobs before the server exits
-DEFAULT_MAX_MEGAPIXELS = 100.0  # largest image a job may read or write
+DEFAULT_MAX_MEGAPIXELS = 0.0  # none: a job is bounded by the memory available (core.memory)
 DEFAULT_CLIENT_TIMEOUT = 10.0  # seconds for a request head to arrive; of silence mid-body
 MAX_QUEUE = 16  # jobs waiting or running; more are refused with 503
 MAX_CONNECTIONS = 64  # connections past their head (handler threads); others wait in core.gate
@@ -735,7 +735,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-megapixels",
         type=megapixels,
         default=DEFAULT_MAX_MEGAPIXELS,
-        help=f"largest image a job may read or write (default: {DEFAULT_MAX_MEGAPIXELS:g})",
+        help="largest image a job may read or write, in megapixels (default: 0, no fixed limit: "
+        "a job is bounded by the memory available)",
     )
     parser.add_argument(
         "--client-timeout",

@@ -30,6 +30,7 @@ OUTPUTS = {
     STYLIZE: (("new-layer", "New layer"), ("in-place", "In place")),
     UPSCALE: (("new-image", "New image"), ("in-place", "Resize this image")),
 }
+SOURCES = (("layer", "Active layer"), ("visible", "Visible image"))  # what Upscale x4 reads
 
 # babl components by (grayscale, has alpha), always gamma-encoded: the networks' domain. GIMP
 # converts a linear image's pixels both ways (in float that loses nothing).
@@ -144,6 +145,15 @@ def write_pixels(drawable, x: int, y: int, width: int, height: int, fmt: str, da
     drawable.update(x, y, width, height)
 
 
+def fill_new_layer(layer, fmt: str, data: bytes) -> None:
+    """Write a new layer's pixels directly: it has no undo and no selection to blend with, and a
+    shadow buffer would hold a second copy of a big upscale."""
+    buffer = layer.get_buffer()
+    buffer.set(Gegl.Rectangle.new(0, 0, layer.get_width(), layer.get_height()), fmt, data)
+    buffer.flush()
+    layer.update(0, 0, layer.get_width(), layer.get_height())
+
+
 def checked_layer(image, drawables: list):
     """The one layer to work on, or a PluginError saying how to choose it."""
     if image.get_base_type() == Gimp.ImageBaseType.INDEXED:
@@ -203,14 +213,45 @@ def stylize(image, drawable, client, config) -> None:
     Gimp.progress_end()
 
 
+def upscale_source(image, drawable, config):
+    """(layer to read, x, y, width, height, scratch image or None): the active layer or a merged
+    copy of the visible image, within the selection's bounds for a new image."""
+    scratch = None
+    layer = drawable
+    if config.get_property("source") == "visible":
+        scratch = image.duplicate()  # GEGL shares the tiles: a copy costs little until merged
+        layer = scratch.merge_visible_layers(Gimp.MergeType.CLIP_TO_IMAGE)
+    if config.get_property("output") == "in-place":  # the whole image is scaled
+        return layer, 0, 0, layer.get_width(), layer.get_height(), scratch
+    inside, x, y, width, height = layer.mask_intersect()  # the whole layer without a selection
+    if not inside:
+        if scratch is not None:
+            scratch.delete()
+        raise PluginError(
+            "The selection does not touch this layer: change it or use Select > None."
+        )
+    return layer, x, y, width, height, scratch
+
+
+def x4_name(image, drawable) -> str:
+    """ "photo x4" for photo.jpg; the layer's name for an image never saved."""
+    file = image.get_file()
+    stem = Path(file.get_basename()).stem if file is not None else drawable.get_name()
+    return f"{stem} x4"
+
+
 def upscale(image, drawable, client, config, interactive: bool):
-    """Upscale the layer x4 with a super-resolution model, into a new image or in place."""
+    """Upscale the layer (or the visible image; within the selection's bounds) x4 with a
+    super-resolution model, into a new image named "<name> x4", or the whole image in place."""
     model = pick_model(client.models("sr"), config.get_property("model"), "upscaling model")
-    fmt, channels, dtype = pixel_format(drawable)
-    width, height = drawable.get_width(), drawable.get_height()
     title = label(model)
     Gimp.progress_init(f"{title}: reading the layer")
-    pixels = read_pixels(drawable, 0, 0, width, height, fmt)
+    source, x, y, width, height, scratch = upscale_source(image, drawable, config)
+    fmt, channels, dtype = pixel_format(source)
+    kind = source.type()
+    pixels = read_pixels(source, x, y, width, height, fmt)
+    if scratch is not None:
+        scratch.delete()
     result, new_width, new_height = client.upscale(
         pixels,
         width,
@@ -220,22 +261,20 @@ def upscale(image, drawable, client, config, interactive: bool):
         dtype=dtype,
         **job_progress(title, "upscaling", title),
     )
+    del pixels  # GIMP's memory is for the result now
     Gimp.progress_set_text(f"{title}: writing the result")
     if config.get_property("output") == "new-image":
         target_image = Gimp.Image.new_with_precision(
             new_width, new_height, image.get_base_type(), image.get_precision()
         )
+        name = x4_name(image, drawable)
+        folder = Path(image.get_file().get_path()).parent if image.get_file() else Path.home()
+        target_image.set_file(Gio.File.new_for_path(str(folder / f"{name}.xcf")))
         layer = Gimp.Layer.new(
-            target_image,
-            drawable.get_name(),
-            new_width,
-            new_height,
-            drawable.type(),
-            100.0,
-            Gimp.LayerMode.NORMAL,
+            target_image, name, new_width, new_height, kind, 100.0, Gimp.LayerMode.NORMAL
         )
         target_image.insert_layer(layer, None, 0)
-        write_pixels(layer, 0, 0, new_width, new_height, fmt, result)
+        fill_new_layer(layer, fmt, result)
         if interactive:
             try:
                 Gimp.Display.new(target_image)
@@ -269,6 +308,11 @@ def check_arguments(name: str, config) -> None:
     if output not in allowed:
         raise PluginError(f"output must be {' or '.join(map(repr, allowed))}, not {output!r}.")
     if name != STYLIZE:
+        source = config.get_property("source")
+        if source not in [nick for nick, _ in SOURCES]:
+            raise PluginError(f"source must be 'layer' or 'visible', not {source!r}.")
+        if source == "visible" and output == "in-place":
+            raise PluginError("source 'visible' makes a new image: set output to 'new-image'.")
         return
     for argument, (low, high) in (("strength", STRENGTH), ("style-scale", STYLE_SCALE)):
         value = config.get_property(argument)
@@ -341,7 +385,10 @@ def build_dialog(name: str, procedure, config, models: list, health: dict, title
         properties = ["strength", "preserve-colors", "style-scale", "style-scale-help", "runs-on"]
     dialog.fill(properties)
     content = dialog.get_content_area()
-    for position, (text, combo) in enumerate((("Model", model_combo), ("Output", output_combo))):
+    rows = [("Model", model_combo), ("Output", output_combo)]
+    if name == UPSCALE:
+        rows.insert(1, ("Source", bound_combo(config, "source", list(SOURCES))))
+    for position, (text, combo) in enumerate(rows):
         row = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=12)
         row.pack_start(Gtk.Label(label=text), False, False, 0)
         row.pack_start(combo, True, True, 0)
@@ -477,6 +524,10 @@ def add_arguments(procedure, name: str) -> None:
             "model", "_Model", "Upscaling model name (empty: the first)", "", rw
         )
         procedure.add_string_argument("output", "O_utput", nicks, "new-image", rw)
+        procedure.add_string_argument(
+            "source", "Sour_ce", "'layer' (the active one) or 'visible' (the image as seen)",
+            "layer", rw,
+        )  # fmt: skip
 
 
 class Impasto(Gimp.PlugIn):

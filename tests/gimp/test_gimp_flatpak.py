@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import make_model
-from tests.gimp import gimp_chroot
+from tests.gimp import gimp_batch, gimp_chroot
 from tests.gimp.test_gimp_e2e import assert_close, engine_result, photo_rgba
 
 pytestmark = pytest.mark.slow
@@ -32,48 +32,10 @@ import install  # noqa: E402
 H, W = 48, 64
 
 BATCH = r"""
-import json, time
-from pathlib import Path
-import gi
-gi.require_version("Gimp", "3.0")
-gi.require_version("Gegl", "0.4")
-from gi.repository import Gegl, Gimp
-
-OUT = Path(__OUT__)
 H, W = __H__, __W__
-pdb = Gimp.get_pdb()
-results = {}
-
-def rect(d):
-    return Gegl.Rectangle.new(0, 0, d.get_width(), d.get_height())
-
-def new_image():
-    image = Gimp.Image.new(W, H, Gimp.ImageBaseType.RGB)
-    layer = Gimp.Layer.new(image, "photo", W, H, Gimp.ImageType.RGBA_IMAGE, 100.0,
-                           Gimp.LayerMode.NORMAL)
-    image.insert_layer(layer, None, 0)
-    buffer = layer.get_buffer()
-    buffer.set(rect(layer), "R'G'B'A u8", (OUT / "rgba.raw").read_bytes())
-    buffer.flush()
-    return image, layer
-
-def call(name, image, layer, **args):
-    config = pdb.lookup_procedure(name).create_config()
-    config.set_property("image", image)
-    config.set_core_object_array("drawables", [layer])
-    for key, value in args.items():
-        config.set_property(key, value)
-    values = pdb.lookup_procedure(name).run(config)
-    status = values.index(0)
-    error = values.index(1) if status != Gimp.PDBStatusType.SUCCESS and values.length() > 1 else ""
-    return values, {"status": status.value_nick, "error": error or ""}
-
-def dump(layer, name):
-    data = layer.get_buffer().get(rect(layer), 1.0, "R'G'B'A u8", Gegl.AbyssPolicy.CLAMP)
-    (OUT / f"{name}.raw").write_bytes(bytes(data))
 
 # Before the user's session started the server: the message says what to run.
-image, layer = new_image()
+image, layer = new_image("rgba.raw", W, H)
 results["no_server"] = call("plug-in-impasto-stylize", image, layer, model="tiny")[1]
 
 (OUT / "start-server").write_text("")  # the host's login autostart runs now
@@ -81,7 +43,7 @@ deadline = time.monotonic() + 180
 while not (OUT / "server-up").exists() and time.monotonic() < deadline:
     time.sleep(0.1)
 
-image, layer = new_image()
+image, layer = new_image("rgba.raw", W, H)
 _, r = call("plug-in-impasto-stylize", image, layer, model="tiny")
 if r["status"] == "success":
     dump(image.get_layers()[0], "styled")
@@ -92,7 +54,6 @@ if r["status"] == "success":
     r["size"] = [big.get_width(), big.get_height()]
     dump(big.get_layers()[0], "upscaled")
 results["upscale"] = r
-(OUT / "results.json").write_text(json.dumps(results))
 """
 
 
@@ -155,8 +116,7 @@ def flatpak_session(tmp_path_factory: pytest.TempPathFactory):
         }
         starter = threading.Thread(target=start_at_login, args=(entry, out), daemon=True)
         starter.start()
-        script = BATCH.replace("__OUT__", repr(str(out)))
-        script = script.replace("__H__", str(H)).replace("__W__", str(W))
+        script = gimp_batch.script(BATCH, out, H=H, W=W)
         with gimp_chroot.flatpak_like(root, work / "overlay") as view:
             venv_visible = (view / sys.executable.lstrip("/")).exists()
             with gimp_chroot.mounted(view, binds=(REPO, work)):
