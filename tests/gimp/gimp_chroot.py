@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -189,6 +190,63 @@ def virtual_display(root: Path) -> Iterator[str]:
 
 # Flatpak gives the sandbox its own pid namespace: the host's processes (the server) are invisible.
 FLATPAK_PIDS = ("unshare", "--pid", "--fork", "--kill-child")
+
+
+# flatpak-spawn as GIMP has it with --talk-name=org.freedesktop.Flatpak: the command runs on the
+# host (here: by host_relay, through files in $RELAY) and this process lasts as long as it does.
+_SPAWN = r"""#!/bin/sh
+id=$$
+printf '%s\0' "$@" > "$RELAY/.req.$id" && mv "$RELAY/.req.$id" "$RELAY/req.$id"
+while [ ! -e "$RELAY/exit.$id" ]; do sleep 0.05; done
+exit "$(cat "$RELAY/exit.$id")"
+"""
+
+
+def _relay(relay: Path, stop: threading.Event) -> None:
+    """Run each flatpak-spawn request on the host, as flatpak-session-helper does."""
+    while not stop.is_set():
+        for request in relay.glob("req.*"):
+            args = request.read_bytes().split(b"\0")[:-1]
+            request.unlink()
+            options = [a.decode() for a in args]
+            cwd, env, i = None, dict(os.environ), 0
+            while i < len(options) and options[i].startswith("--"):
+                if options[i].startswith("--directory="):
+                    cwd = options[i].split("=", 1)[1]
+                elif options[i].startswith("--env="):
+                    key, value = options[i].split("=", 1)[1].split("=", 1)
+                    env[key] = value
+                i += 1
+            exit_file = relay / f"exit.{request.name.split('.', 1)[1]}"
+
+            def run(command=options[i:], cwd=cwd, env=env, exit_file=exit_file) -> None:
+                code = subprocess.run(
+                    command, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                ).returncode  # fmt: skip
+                exit_file.write_text(str(code))
+
+            threading.Thread(target=run, daemon=True).start()
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def host_relay(view: Path, relay: Path) -> Iterator[None]:
+    """Give the Flatpak-like view a flatpak-spawn that may run commands on the host (the
+    permission granted); the sandbox must get RELAY=<relay> in its environment."""
+    relay.mkdir(parents=True, exist_ok=True)
+    spawn = view / "usr/bin/flatpak-spawn"  # in the overlay's upper layer only
+    spawn.write_text(_SPAWN)
+    spawn.chmod(0o755)
+    stop = threading.Event()
+    thread = threading.Thread(target=_relay, args=(relay, stop), daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 @contextlib.contextmanager

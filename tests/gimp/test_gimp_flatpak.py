@@ -177,3 +177,78 @@ def test_install_sets_up_the_login_autostart_for_flatpak_profiles(flatpak_sessio
     assert " ".join(install.server_command(Path(sys.executable))) in text
     core = json.loads((flatpak_session["plugin"] / install.CORE_FILE).read_text())
     assert core["config_dir"] == flatpak_session["host_config"]  # where the plug-in looks
+
+
+SPAWN_BATCH = r"""
+H, W = __H__, __W__
+image, layer = new_image("rgba.raw", W, H)
+_, r = call("plug-in-impasto-stylize", image, layer, model="tiny")  # no server yet
+if r["status"] == "success":
+    dump(image.get_layers()[0], "styled")
+results["stylize"] = r
+"""
+
+
+@pytest.fixture(scope="module")
+def spawn_session(tmp_path_factory: pytest.TempPathFactory):
+    """As flatpak_session, with GIMP allowed to run host commands (flatpak-spawn --host) and no
+    server running: the plug-in starts it outside the sandbox itself."""
+    try:
+        root = gimp_chroot.ensure_chroot()
+    except gimp_chroot.Unavailable as e:
+        pytest.skip(f"no real GIMP 3: {e}")
+    work = tmp_path_factory.mktemp("gimp-flatpak-spawn")
+    out, home, models = work / "out", work / "home", work / "models"
+    out.mkdir()
+    make_model(models, "tiny", width="compact")
+    image = photo_rgba()
+    (out / "rgba.raw").write_bytes(image.tobytes())
+    app = home / ".var" / "app" / "org.gimp.GIMP"
+    host_env = {
+        "IMPASTO_MODELS_DIR": str(models),
+        "IMPASTO_CONFIG_DIR": str(work / "host-config" / "impasto"),
+        "IMPASTO_LOG_DIR": str(work / "log"),
+    }
+    saved = {k: os.environ.get(k) for k in host_env}
+    os.environ.update(host_env)
+    from core.client import Client
+
+    try:
+        install.install_plugin_into(app / "config" / "GIMP" / "3.0", Path(sys.executable))
+        sandbox_env = {
+            "HOME": str(home),
+            "PATH": "/usr/bin:/bin",
+            "LANG": "C.UTF-8",
+            "XDG_CONFIG_HOME": str(app / "config"),
+            "RELAY": str(work / "relay"),
+        }
+        script = gimp_batch.script(SPAWN_BATCH, out, H=H, W=W)
+        with gimp_chroot.flatpak_like(root, work / "overlay") as view:
+            with gimp_chroot.host_relay(view, work / "relay"):
+                with gimp_chroot.mounted(view, binds=(REPO, work)):
+                    done = gimp_chroot.run_batch(
+                        view, script, sandbox_env, prefix=gimp_chroot.FLATPAK_PIDS
+                    )
+                    health = Client(autostart=False).health()
+                    server_root = os.readlink(f"/proc/{health['pid']}/root")
+                    Client(autostart=False).shutdown()
+        (out / "gimp.log").write_text(done.stdout + done.stderr)
+        if not (out / "results.json").is_file():
+            pytest.fail(f"GIMP batch failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+        results = json.loads((out / "results.json").read_text())
+        yield out, results, image, models, server_root
+    finally:
+        Client(autostart=False, timeout=10).shutdown()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def test_flatpak_gimp_with_permission_starts_the_server_outside(spawn_session) -> None:
+    out, results, image, models, server_root = spawn_session
+    assert results["stylize"]["status"] == "success", results["stylize"]["error"]
+    assert server_root == "/"  # the server runs on the host, not in the sandbox's root
+    styled = np.frombuffer((out / "styled.raw").read_bytes(), np.uint8).reshape(image.shape)
+    assert_close(styled, engine_result("stylize", image, "tiny", models))
