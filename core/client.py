@@ -203,6 +203,12 @@ class Client:
         }
         return self._job("upscale", params, pixels, progress, cancel, queued, phase, 4)
 
+    def warm(self, model: str, kind: str = "style") -> None:
+        """Have the server load ``model`` now, in the background (a dialog chose it): its first job
+        then starts at once. Returns without waiting for the load."""
+        query = urlencode({"model": model, "kind": kind})
+        self._retrying(lambda info: self._call(info, "POST", f"{API}/warm?{query}"))
+
     def running(self) -> bool:
         """Whether a server answers now (nothing is started): a caller can say a start is coming."""
         info = _published()

@@ -24,6 +24,7 @@ METHODS = {
     "/shutdown": "POST",
     f"{API}/models": "GET",
     f"{API}/jobs": "GET",
+    f"{API}/warm": "POST",  # load a model ahead of its first job (the dialog chose it)
     **{f"{API}/{op}": "POST" for op in OPERATIONS},
 }
 

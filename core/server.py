@@ -398,6 +398,8 @@ class Handler(BaseHTTPRequestHandler):
                 self._send_json(200, self.server.models(request.get("kind")))
             elif op == "jobs":
                 self._send_json(200, {"jobs": self.server.jobs.snapshot()})
+            elif op == "warm":
+                self._send_json(200, self.server.warm(request))
             elif op == "shutdown":
                 self._send_json(200, {"status": "shutting down"})
                 self.server.stop("shutdown requested")
@@ -552,6 +554,8 @@ class ImpastoHTTPServer(ThreadingHTTPServer):
         self.uploads = UploadBudget(MAX_UPLOADS)
         self.gate = HeadGate(self._handoff, deadline=args.client_timeout)
         self._broken_seen: set[tuple[str, str]] = set()
+        self._warming: set[str] = set()
+        self._warm_models: set[str] = set()
         super().__init__(address, Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -669,7 +673,41 @@ class ImpastoHTTPServer(ThreadingHTTPServer):
             "precision": self.jobs.engine.precision,
             "jobs": self.jobs.count(),
             "max_megapixels": self.max_megapixels,
+            **self.warmth(),
         }
+
+    # -- warming: a model loaded while the user is still in the dialog --------------------------
+
+    def warm(self, params: dict[str, str]) -> dict[str, Any]:
+        """Load (and with OpenVINO, prepare) a model in the background, so its first job does not
+        wait for it; answers at once. params: model, kind ("style" or "sr")."""
+        kind = params.get("kind", "style")
+        if kind not in ("style", "sr") or set(params) - {"model", "kind"}:
+            raise RequestError(400, "bad_request", "warm takes model and kind (style or sr)")
+        name = params.get("model", "")
+        path = self.model_path(name, kind)
+        with self._lock:
+            if name in self._warming:
+                return {"status": "warming", "model": name}
+            self._warming.add(name)
+        threading.Thread(target=self._warm, args=(name, path), daemon=True).start()
+        return {"status": "warming", "model": name}
+
+    def _warm(self, name: str, path: Path) -> None:
+        try:
+            self.jobs.engine.prepare(path)
+            self._warm_models.add(name)
+        except Exception as e:  # noqa: BLE001 - a job of this model will report it to its caller
+            log.warning("could not warm %s: %s", name, e)
+        finally:
+            with self._lock:
+                self._warming.discard(name)
+
+    def warmth(self) -> dict[str, Any]:
+        """Health's part: ready (nothing is loading), and which models are loading or loaded."""
+        with self._lock:
+            warming = sorted(self._warming)
+        return {"ready": not warming, "warming": warming, "warm": sorted(self._warm_models)}
 
     def wait_for_handlers(self, timeout: float) -> None:
         """Give open connections a moment to finish, e.g. to tell a client its job was cancelled."""

@@ -414,6 +414,21 @@ def add_preview(dialog, client, drawable, config, models: list):
     return preview
 
 
+def keep_warm(client, config, kind: str) -> None:
+    """Have the server load the chosen model now and whenever another is chosen, while the user
+    is still in the dialog, so OK does not wait for it."""
+    from core.client import ImpastoError
+
+    def warm(*_) -> None:
+        try:
+            client.warm(config.get_property("model"), kind)
+        except ImpastoError:
+            pass  # OK runs the job, which says what is wrong
+
+    config.connect("notify::model", warm)
+    warm()
+
+
 def run_dialog(procedure, config, client, title: str, drawable) -> bool:
     """Show the procedure's dialog with the server's models; False if cancelled."""
     name = procedure.get_name()
@@ -423,6 +438,7 @@ def run_dialog(procedure, config, client, title: str, drawable) -> bool:
     health = client.health()
     Gimp.progress_end()  # the core is up: no "starting the core" under the dialog
     dialog = build_dialog(name, procedure, config, models, health, title)[0]
+    keep_warm(client, config, kind)
     if name == STYLIZE:
         add_preview(dialog, client, drawable, config, models)
     accepted = dialog.run()
