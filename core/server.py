@@ -690,12 +690,12 @@ class ImpastoHTTPServer(ThreadingHTTPServer):
             if name in self._warming:
                 return {"status": "warming", "model": name}
             self._warming.add(name)
-        threading.Thread(target=self._warm, args=(name, path), daemon=True).start()
+        threading.Thread(target=self._warm, args=(name, path, kind), daemon=True).start()
         return {"status": "warming", "model": name}
 
-    def _warm(self, name: str, path: Path) -> None:
+    def _warm(self, name: str, path: Path, kind: str) -> None:
         try:
-            self.jobs.engine.prepare(path)
+            self.jobs.engine.warm(path, kind)
             self._warm_models.add(name)
         except Exception as e:  # noqa: BLE001 - a job of this model will report it to its caller
             log.warning("could not warm %s: %s", name, e)
