@@ -252,3 +252,22 @@ def test_flatpak_gimp_with_permission_starts_the_server_outside(spawn_session) -
     assert server_root == "/"  # the server runs on the host, not in the sandbox's root
     styled = np.frombuffer((out / "styled.raw").read_bytes(), np.uint8).reshape(image.shape)
     assert_close(styled, engine_result("stylize", image, "tiny", models))
+
+
+def test_check_says_how_a_flatpak_gimp_gets_its_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    python = Path(sys.executable)
+    command = " ".join(install.server_command(python))
+    if install.systemd_runs():
+        pytest.skip("systemd runs here: install_autostart would enable a real user unit")
+    assert install.flatpak_start_path(python) == (
+        f"NOT started by anything: run python3 install.py, or run {command} before GIMP"
+    )
+    entry = install.install_autostart(python, {})
+    assert (
+        install.flatpak_start_path(python) == f"started at login by the XDG autostart entry {entry}"
+    )
+    install.remove_autostart({})  # as --uninstall does
+    assert not entry.exists()
