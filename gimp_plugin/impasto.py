@@ -233,11 +233,14 @@ def upscale_source(image, drawable, config):
     return layer, x, y, width, height, scratch
 
 
-def x4_name(image, drawable) -> str:
-    """ "photo x4" for photo.jpg; the layer's name for an image never saved."""
+def x4_file(image, drawable):
+    """(name, file) of the new image: "photo x4" beside photo.jpg; for an image never saved, after
+    the layer, in the home folder (where File > Save then proposes it)."""
     file = image.get_file()
     stem = Path(file.get_basename()).stem if file is not None else drawable.get_name()
-    return f"{stem} x4"
+    folder = Path(file.get_path()).parent if file is not None and file.get_path() else Path.home()
+    name = f"{stem} x4"
+    return name, Gio.File.new_for_path(str(folder / f"{name}.xcf"))
 
 
 def upscale(image, drawable, client, config, interactive: bool):
@@ -267,9 +270,8 @@ def upscale(image, drawable, client, config, interactive: bool):
         target_image = Gimp.Image.new_with_precision(
             new_width, new_height, image.get_base_type(), image.get_precision()
         )
-        name = x4_name(image, drawable)
-        folder = Path(image.get_file().get_path()).parent if image.get_file() else Path.home()
-        target_image.set_file(Gio.File.new_for_path(str(folder / f"{name}.xcf")))
+        name, file = x4_file(image, drawable)
+        target_image.set_file(file)
         layer = Gimp.Layer.new(
             target_image, name, new_width, new_height, kind, 100.0, Gimp.LayerMode.NORMAL
         )
@@ -573,9 +575,10 @@ class Impasto(Gimp.PlugIn):
             procedure.set_menu_label("_Upscale x4...")
             procedure.set_documentation(
                 "Upscale the layer 4 times with a neural network (super-resolution)",
-                "Upscales the active layer x4 into a new image, or the whole image in place (other "
-                "layers resized by GIMP). 'model' is an upscaler's name (e.g. sr-faithful, "
-                "sr-sharp), empty for the first one.",
+                "Upscales the active layer (source 'layer') or the image as seen ('visible') x4 "
+                "into a new image named '<name> x4' (only the selection's bounds when there is a "
+                "selection), or the whole image in place (other layers resized by GIMP). 'model' "
+                "is an upscaler's name (e.g. sr-faithful, sr-sharp), empty for the first one.",
                 name,
             )
         procedure.add_menu_path("<Image>/Filters")  # after the label, which GIMP needs first
