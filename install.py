@@ -18,6 +18,7 @@ import html
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -107,6 +108,18 @@ def user_cache_dir() -> Path:
     if _macos():
         return home / "Library" / "Caches" / "impasto"
     return _env_dir("XDG_CACHE_HOME", home / ".cache") / "impasto"
+
+
+def user_log_dir() -> Path:
+    """The server log's folder, as core.connection.log_dir()."""
+    override = os.environ.get("IMPASTO_LOG_DIR")
+    if override:
+        return Path(override)
+    if _macos():
+        return Path.home() / "Library" / "Logs" / "impasto"
+    if _windows():
+        return user_cache_dir().parent / "log"
+    return _env_dir("XDG_CACHE_HOME", Path.home() / ".cache") / "impasto" / "log"
 
 
 def gimp_config_roots() -> list[Path]:
@@ -228,7 +241,9 @@ def install_plugin_into(profile: Path, python: Path, manifest: dict | None = Non
         shutil.copyfile(module, folder / module.name)
     shutil.copytree(HELP_SOURCE, folder / "help", dirs_exist_ok=True)
     (folder / "help" / "en" / HELP_PAGE).write_text(help_page(), encoding="utf-8")
+    # The host's Impasto folders: a Flatpak GIMP's plug-in finds the server's connection file there.
     core = {"python": str(python), "repo": str(REPO)}
+    core |= {"config_dir": str(user_config_dir()), "log_dir": str(user_log_dir())}
     (folder / CORE_FILE).write_text(json.dumps(core, indent=2) + "\n", encoding="utf-8")
     return folder
 
@@ -263,8 +278,94 @@ def install_plugin(python: Path, manifest: dict) -> list[Path]:
         if str(folder) not in manifest.setdefault("plugin_dirs", []):
             manifest["plugin_dirs"].append(str(folder))
         say(f"GIMP plug-in installed in {folder}")
+    if any(map(is_flatpak_profile, profiles)):
+        install_autostart(python, manifest)
     write_manifest(manifest)
     return installed
+
+
+# ---- Flatpak GIMP: the server outside the sandbox --------------------------------------------
+
+FLATPAK_APP = "org.gimp.GIMP"
+UNIT = "impasto-server.service"  # systemd user unit
+DESKTOP = "impasto-server.desktop"  # XDG autostart entry
+
+
+def is_flatpak_profile(profile: Path) -> bool:
+    return FLATPAK_APP in profile.parts
+
+
+def server_command(python: Path) -> list[str]:
+    """The server a Flatpak GIMP uses: it cannot start one itself, so it never idles out."""
+    return [str(python), "-m", "core", "serve", "--idle-timeout", "0"]
+
+
+def systemd_runs() -> bool:
+    """A systemd user manager to hand the server to (as sd_booted(3) tells)."""
+    return Path("/run/systemd/system").is_dir() and shutil.which("systemctl") is not None
+
+
+def autostart_path() -> Path:
+    """Where the login autostart goes: a systemd user unit, else an XDG autostart entry."""
+    config = _env_dir("XDG_CONFIG_HOME", Path.home() / ".config")
+    return config / "systemd" / "user" / UNIT if systemd_runs() else config / "autostart" / DESKTOP
+
+
+def install_autostart(python: Path, manifest: dict) -> Path:
+    """Start the server at login for a Flatpak GIMP (which may not start host programs)."""
+    path = autostart_path()
+    make_dirs(path.parent, manifest)
+    command = " ".join(map(shlex.quote, server_command(python)))
+    if path.name == UNIT:
+        path.write_text(
+            "[Unit]\nDescription=Impasto server for GIMP (Flatpak)\n\n[Service]\n"
+            f"WorkingDirectory={REPO}\nExecStart={command}\nRestart=on-failure\n\n"
+            "[Install]\nWantedBy=default.target\n",
+            encoding="utf-8",
+        )
+        _run(["systemctl", "--user", "daemon-reload"], "registering the server's unit")
+        _run(["systemctl", "--user", "enable", "--now", UNIT], "starting the server")
+    else:
+        path.write_text(
+            "[Desktop Entry]\nType=Application\nName=Impasto server\n"
+            "Comment=Lets GIMP from Flatpak use Impasto\n"
+            f"Exec={command}\nPath={REPO}\nNoDisplay=true\nTerminal=false\n",
+            encoding="utf-8",
+        )
+        say(f"the server starts at your next login; to start it now: {command}")
+    manifest["autostart"] = str(path)
+    say(f"Flatpak GIMP: the server is started outside the sandbox by {path}")
+    return path
+
+
+def remove_autostart(manifest: dict) -> None:
+    path = Path(manifest.get("autostart") or autostart_path())
+    if not path.is_file():
+        return
+    if path.name == UNIT and shutil.which("systemctl"):
+        subprocess.run(["systemctl", "--user", "disable", "--now", UNIT], capture_output=True)
+    path.unlink()
+    say(f"removed {path}")
+
+
+def flatpak_start_path(python: Path) -> str:
+    """How a Flatpak GIMP's plug-in gets its server, for --check."""
+    granted = ""
+    if shutil.which("flatpak"):
+        done = subprocess.run(
+            ["flatpak", "info", "--show-permissions", FLATPAK_APP], capture_output=True, text=True
+        )
+        granted = "org.freedesktop.Flatpak=talk" in done.stdout
+    if granted:
+        return (
+            "started on demand by flatpak-spawn --host (GIMP may talk to org.freedesktop.Flatpak)"
+        )
+    path = autostart_path()
+    if path.is_file():
+        kind = "systemd user unit" if path.name == UNIT else "XDG autostart entry"
+        return f"started at login by the {kind} {path}"
+    command = " ".join(map(shlex.quote, server_command(python)))
+    return f"NOT started by anything: run python3 install.py, or run {command} before GIMP"
 
 
 def setup(venv_dir: Path) -> Path:
@@ -364,6 +465,11 @@ def check(venv_dir: Path) -> int:
     if not profiles:
         problems.append("no GIMP 3 profile: start GIMP 3 once, then run python3 install.py")
     python = venv_python(venv_dir)
+    if any(map(is_flatpak_profile, profiles)):
+        path = flatpak_start_path(python)
+        say(f"  Flatpak GIMP's server: {path}")
+        if path.startswith("NOT"):
+            problems.append("nothing starts the server for the Flatpak GIMP")
     if not python.exists():
         problems.append(f"no core environment at {venv_dir}")
     else:
@@ -400,6 +506,7 @@ def uninstall(purge: bool) -> int:
         if (folder / PLUGIN_SOURCE.name).is_file() or (folder / CORE_FILE).is_file():
             shutil.rmtree(folder)
             say(f"removed {folder}")
+    remove_autostart(manifest)
     if manifest.get("venv"):
         _stop_server(venv_python(Path(manifest["venv"])))  # it would hold files of the venv open
     for venv_dir in map(Path, manifest.get("created_venvs", [])):

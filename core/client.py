@@ -78,6 +78,8 @@ class Client:
     """Talks to the local server; starts it (``python -m core serve`` in ``repo``) when not running.
 
     ``server_args``: extra `serve` options for a server this client starts (e.g. ["--device", "cpu"]).
+    ``launcher``: a prefix that runs the server elsewhere (Flatpak: ``flatpak-spawn --host``).
+    ``not_running``: the message when no server runs and none may be started.
     """
 
     def __init__(
@@ -87,12 +89,16 @@ class Client:
         autostart: bool = True,
         timeout: float = 60,
         server_args: list[str] | None = None,
+        launcher: list[str] | None = None,
+        not_running: str | None = None,
     ) -> None:
         self.python = python or sys.executable
         self.repo = Path(repo) if repo else REPO
         self.autostart = autostart
         self.timeout = timeout
         self.server_args = list(server_args or [])
+        self.launcher = list(launcher or [])
+        self.not_running = not_running
         self._info: ConnectionInfo | None = None
 
     # -- public API ---------------------------------------------------------------------------------
@@ -197,6 +203,12 @@ class Client:
         }
         return self._job("upscale", params, pixels, progress, cancel, queued, phase, 4)
 
+    def warm(self, model: str, kind: str = "style") -> None:
+        """Have the server load ``model`` now, in the background (a dialog chose it): its first job
+        then starts at once. Returns without waiting for the load."""
+        query = urlencode({"model": model, "kind": kind})
+        self._retrying(lambda info: self._call(info, "POST", f"{API}/warm?{query}"))
+
     def running(self) -> bool:
         """Whether a server answers now (nothing is started): a caller can say a start is coming."""
         info = _published()
@@ -235,7 +247,8 @@ class Client:
             self._info = self._start()
         else:
             raise ImpastoError(
-                "the Impasto server is not running: start it with "
+                self.not_running
+                or "the Impasto server is not running: start it with "
                 f"`{self.python} -m core serve` in {self.repo}"
             )
         return self._info
@@ -262,7 +275,7 @@ class Client:
         log.parent.mkdir(parents=True, exist_ok=True)
         if log.exists() and log.stat().st_size > LOG_KEEP:
             os.replace(log, log.with_suffix(".log.1"))
-        command = [self.python, "-m", "core", "serve", *self.server_args]
+        command = [*self.launcher, self.python, "-m", "core", "serve", *self.server_args]
         detach: dict[str, Any] = (
             {"creationflags": WINDOWS_DETACHED}
             if sys.platform == "win32"

@@ -153,6 +153,12 @@ class Engine:
             if isinstance(runner, OpenVINORunner):
                 runner.prepared.complete(runner.core)
 
+    def warm(self, model: str | Path, kind: str) -> None:
+        """Load ``model`` as its first job would, no more (prepare converts forms a job may never
+        need: seconds, when a dialog only wants the next job not to wait)."""
+        with self._lock:
+            self._load(model, kind)
+
     def stylize(
         self,
         model: str | Path,

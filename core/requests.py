@@ -24,6 +24,7 @@ METHODS = {
     "/shutdown": "POST",
     f"{API}/models": "GET",
     f"{API}/jobs": "GET",
+    f"{API}/warm": "POST",  # load a model ahead of its first job (the dialog chose it)
     **{f"{API}/{op}": "POST" for op in OPERATIONS},
 }
 
@@ -123,17 +124,7 @@ def job_request(
     dtype = params.get("dtype", "u8")
     if dtype not in SAMPLE_TYPES:
         raise RequestError(400, "bad_request", f"dtype must be one of {', '.join(SAMPLE_TYPES)}")
-    factor = 16 if op == "upscale" else 1
-    megapixels = width * height * factor / 1e6
-    if megapixels > server.max_megapixels:
-        what = "the result would be" if op == "upscale" else "the image is"
-        raise RequestError(
-            413,
-            "too_large",
-            f"{what} {megapixels:.1f} megapixels, above this server's limit of "
-            f"{server.max_megapixels:g}: use a smaller image or selection, or start the "
-            "server with a larger --max-megapixels",
-        )
+    _check_size(op, width, height, channels, dtype, server.max_megapixels)
     expected = width * height * channels * SAMPLE_TYPES[dtype][1]
     stats_shape = None
     if op == "preview":  # the body: the view's pixels, then the whole image's thumbnail's
@@ -174,6 +165,39 @@ def job_request(
         "bytes": expected,
         "options": options,
     }
+
+
+def _check_size(
+    op: str, width: int, height: int, channels: int, dtype: str, max_megapixels: float
+) -> None:
+    """Refuse a job over the server's --max-megapixels (0: none) or the memory this computer has
+    now, with advice that works from GIMP."""
+    from core import memory
+
+    megapixels = width * height * (16 if op == "upscale" else 1) / 1e6
+    what = "the result would be" if op == "upscale" else "the image is"
+    if op == "upscale":
+        advice = "select the part you need (Upscale x4 takes the selection's bounds)"
+    else:
+        advice = "select a part of the layer (Neural Style works on the selection)"
+    if max_megapixels and megapixels > max_megapixels:
+        raise RequestError(
+            413,
+            "too_large",
+            f"{what} {megapixels:.1f} megapixels, above this server's limit of {max_megapixels:g} "
+            f"(its --max-megapixels option): {advice}",
+        )
+    need = memory.job_bytes(op, width, height, channels, SAMPLE_TYPES[dtype][1])
+    free = memory.available()
+    if free is not None and need > free * memory.HEADROOM:
+        deeper = "; or use Image > Precision > 8 bit integer first" if dtype != "u8" else ""
+        raise RequestError(
+            413,
+            "too_large",
+            f"{what} {megapixels:.0f} megapixels, which needs about {memory.gib(need)} of memory, "
+            f"and this computer has {memory.gib(free)} available: {advice}, or close other "
+            f"images and programs{deeper}",
+        )
 
 
 def digits(text: str) -> int | None:

@@ -55,7 +55,7 @@ from core.requests import (
 log = logging.getLogger("impasto.server")
 
 DEFAULT_IDLE_TIMEOUT = 1800.0  # seconds without requests or jobs before the server exits
-DEFAULT_MAX_MEGAPIXELS = 100.0  # largest image a job may read or write
+DEFAULT_MAX_MEGAPIXELS = 0.0  # none: a job is bounded by the memory available (core.memory)
 DEFAULT_CLIENT_TIMEOUT = 10.0  # seconds for a request head to arrive; of silence mid-body
 MAX_QUEUE = 16  # jobs waiting or running; more are refused with 503
 MAX_CONNECTIONS = 64  # connections past their head (handler threads); others wait in core.gate
@@ -398,6 +398,8 @@ class Handler(BaseHTTPRequestHandler):
                 self._send_json(200, self.server.models(request.get("kind")))
             elif op == "jobs":
                 self._send_json(200, {"jobs": self.server.jobs.snapshot()})
+            elif op == "warm":
+                self._send_json(200, self.server.warm(request))
             elif op == "shutdown":
                 self._send_json(200, {"status": "shutting down"})
                 self.server.stop("shutdown requested")
@@ -552,6 +554,8 @@ class ImpastoHTTPServer(ThreadingHTTPServer):
         self.uploads = UploadBudget(MAX_UPLOADS)
         self.gate = HeadGate(self._handoff, deadline=args.client_timeout)
         self._broken_seen: set[tuple[str, str]] = set()
+        self._warming: set[str] = set()
+        self._warm_models: set[str] = set()
         super().__init__(address, Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -669,7 +673,41 @@ class ImpastoHTTPServer(ThreadingHTTPServer):
             "precision": self.jobs.engine.precision,
             "jobs": self.jobs.count(),
             "max_megapixels": self.max_megapixels,
+            **self.warmth(),
         }
+
+    # -- warming: a model loaded while the user is still in the dialog --------------------------
+
+    def warm(self, params: dict[str, str]) -> dict[str, Any]:
+        """Load (and with OpenVINO, prepare) a model in the background, so its first job does not
+        wait for it; answers at once. params: model, kind ("style" or "sr")."""
+        kind = params.get("kind", "style")
+        if kind not in ("style", "sr") or set(params) - {"model", "kind"}:
+            raise RequestError(400, "bad_request", "warm takes model and kind (style or sr)")
+        name = params.get("model", "")
+        path = self.model_path(name, kind)
+        with self._lock:
+            if name in self._warming:
+                return {"status": "warming", "model": name}
+            self._warming.add(name)
+        threading.Thread(target=self._warm, args=(name, path, kind), daemon=True).start()
+        return {"status": "warming", "model": name}
+
+    def _warm(self, name: str, path: Path, kind: str) -> None:
+        try:
+            self.jobs.engine.warm(path, kind)
+            self._warm_models.add(name)
+        except Exception as e:  # noqa: BLE001 - a job of this model will report it to its caller
+            log.warning("could not warm %s: %s", name, e)
+        finally:
+            with self._lock:
+                self._warming.discard(name)
+
+    def warmth(self) -> dict[str, Any]:
+        """Health's part: ready (nothing is loading), and which models are loading or loaded."""
+        with self._lock:
+            warming = sorted(self._warming)
+        return {"ready": not warming, "warming": warming, "warm": sorted(self._warm_models)}
 
     def wait_for_handlers(self, timeout: float) -> None:
         """Give open connections a moment to finish, e.g. to tell a client its job was cancelled."""
@@ -735,7 +773,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-megapixels",
         type=megapixels,
         default=DEFAULT_MAX_MEGAPIXELS,
-        help=f"largest image a job may read or write (default: {DEFAULT_MAX_MEGAPIXELS:g})",
+        help="largest image a job may read or write, in megapixels (default: 0, no fixed limit: "
+        "a job is bounded by the memory available)",
     )
     parser.add_argument(
         "--client-timeout",

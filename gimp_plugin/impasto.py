@@ -30,6 +30,7 @@ OUTPUTS = {
     STYLIZE: (("new-layer", "New layer"), ("in-place", "In place")),
     UPSCALE: (("new-image", "New image"), ("in-place", "Resize this image")),
 }
+SOURCES = (("layer", "Active layer"), ("visible", "Visible image"))  # what Upscale x4 reads
 
 # babl components by (grayscale, has alpha), always gamma-encoded: the networks' domain. GIMP
 # converts a linear image's pixels both ways (in float that loses nothing).
@@ -63,9 +64,11 @@ def connect():
         )
     if repo not in sys.path:
         sys.path.insert(0, repo)
-    from core import client  # standard library only: safe in GIMP's Python
+    from core import client, flatpak  # standard library only: safe in GIMP's Python
 
     # A generous timeout: the first job after a while waits for the server to load torch.
+    if flatpak.inside():  # Flathub's GIMP: the server runs outside the sandbox
+        return flatpak.client(setup, timeout=120)
     return client.Client(python=python, repo=repo, timeout=120)
 
 
@@ -142,6 +145,15 @@ def write_pixels(drawable, x: int, y: int, width: int, height: int, fmt: str, da
     drawable.update(x, y, width, height)
 
 
+def fill_new_layer(layer, fmt: str, data: bytes) -> None:
+    """Write a new layer's pixels directly: it has no undo and no selection to blend with, and a
+    shadow buffer would hold a second copy of a big upscale."""
+    buffer = layer.get_buffer()
+    buffer.set(Gegl.Rectangle.new(0, 0, layer.get_width(), layer.get_height()), fmt, data)
+    buffer.flush()
+    layer.update(0, 0, layer.get_width(), layer.get_height())
+
+
 def checked_layer(image, drawables: list):
     """The one layer to work on, or a PluginError saying how to choose it."""
     if image.get_base_type() == Gimp.ImageBaseType.INDEXED:
@@ -201,14 +213,48 @@ def stylize(image, drawable, client, config) -> None:
     Gimp.progress_end()
 
 
+def upscale_source(image, drawable, config):
+    """(layer to read, x, y, width, height, scratch image or None): the active layer or a merged
+    copy of the visible image, within the selection's bounds for a new image."""
+    scratch = None
+    layer = drawable
+    if config.get_property("source") == "visible":
+        scratch = image.duplicate()  # GEGL shares the tiles: a copy costs little until merged
+        layer = scratch.merge_visible_layers(Gimp.MergeType.CLIP_TO_IMAGE)
+    if config.get_property("output") == "in-place":  # the whole image is scaled
+        return layer, 0, 0, layer.get_width(), layer.get_height(), scratch
+    inside, x, y, width, height = layer.mask_intersect()  # the whole layer without a selection
+    if not inside:
+        if scratch is not None:
+            scratch.delete()
+        raise PluginError(
+            "The selection does not touch this layer: change it or use Select > None."
+        )
+    return layer, x, y, width, height, scratch
+
+
+def x4_file(image, drawable):
+    """(name, file) of the new image: "photo x4" beside photo.jpg; for an image never saved, after
+    the layer, in the home folder (where File > Save then proposes it)."""
+    file = image.get_file()
+    stem = Path(file.get_basename()).stem if file is not None else drawable.get_name()
+    folder = Path(file.get_path()).parent if file is not None and file.get_path() else Path.home()
+    name = f"{stem} x4"
+    return name, Gio.File.new_for_path(str(folder / f"{name}.xcf"))
+
+
 def upscale(image, drawable, client, config, interactive: bool):
-    """Upscale the layer x4 with a super-resolution model, into a new image or in place."""
+    """Upscale the layer (or the visible image; within the selection's bounds) x4 with a
+    super-resolution model, into a new image named "<name> x4", or the whole image in place."""
     model = pick_model(client.models("sr"), config.get_property("model"), "upscaling model")
-    fmt, channels, dtype = pixel_format(drawable)
-    width, height = drawable.get_width(), drawable.get_height()
     title = label(model)
     Gimp.progress_init(f"{title}: reading the layer")
-    pixels = read_pixels(drawable, 0, 0, width, height, fmt)
+    source, x, y, width, height, scratch = upscale_source(image, drawable, config)
+    fmt, channels, dtype = pixel_format(source)
+    kind = source.type()
+    pixels = read_pixels(source, x, y, width, height, fmt)
+    if scratch is not None:
+        scratch.delete()
     result, new_width, new_height = client.upscale(
         pixels,
         width,
@@ -218,22 +264,19 @@ def upscale(image, drawable, client, config, interactive: bool):
         dtype=dtype,
         **job_progress(title, "upscaling", title),
     )
+    del pixels  # GIMP's memory is for the result now
     Gimp.progress_set_text(f"{title}: writing the result")
     if config.get_property("output") == "new-image":
         target_image = Gimp.Image.new_with_precision(
             new_width, new_height, image.get_base_type(), image.get_precision()
         )
+        name, file = x4_file(image, drawable)
+        target_image.set_file(file)
         layer = Gimp.Layer.new(
-            target_image,
-            drawable.get_name(),
-            new_width,
-            new_height,
-            drawable.type(),
-            100.0,
-            Gimp.LayerMode.NORMAL,
+            target_image, name, new_width, new_height, kind, 100.0, Gimp.LayerMode.NORMAL
         )
         target_image.insert_layer(layer, None, 0)
-        write_pixels(layer, 0, 0, new_width, new_height, fmt, result)
+        fill_new_layer(layer, fmt, result)
         if interactive:
             try:
                 Gimp.Display.new(target_image)
@@ -267,6 +310,11 @@ def check_arguments(name: str, config) -> None:
     if output not in allowed:
         raise PluginError(f"output must be {' or '.join(map(repr, allowed))}, not {output!r}.")
     if name != STYLIZE:
+        source = config.get_property("source")
+        if source not in [nick for nick, _ in SOURCES]:
+            raise PluginError(f"source must be 'layer' or 'visible', not {source!r}.")
+        if source == "visible" and output == "in-place":
+            raise PluginError("source 'visible' makes a new image: set output to 'new-image'.")
         return
     for argument, (low, high) in (("strength", STRENGTH), ("style-scale", STYLE_SCALE)):
         value = config.get_property(argument)
@@ -339,7 +387,10 @@ def build_dialog(name: str, procedure, config, models: list, health: dict, title
         properties = ["strength", "preserve-colors", "style-scale", "style-scale-help", "runs-on"]
     dialog.fill(properties)
     content = dialog.get_content_area()
-    for position, (text, combo) in enumerate((("Model", model_combo), ("Output", output_combo))):
+    rows = [("Model", model_combo), ("Output", output_combo)]
+    if name == UPSCALE:
+        rows.insert(1, ("Source", bound_combo(config, "source", list(SOURCES))))
+    for position, (text, combo) in enumerate(rows):
         row = Gtk.Box(orientation=Gtk.Orientation.HORIZONTAL, spacing=12)
         row.pack_start(Gtk.Label(label=text), False, False, 0)
         row.pack_start(combo, True, True, 0)
@@ -365,6 +416,21 @@ def add_preview(dialog, client, drawable, config, models: list):
     return preview
 
 
+def keep_warm(client, config, kind: str) -> None:
+    """Have the server load the chosen model now and whenever another is chosen, while the user
+    is still in the dialog, so OK does not wait for it."""
+    from core.client import ImpastoError
+
+    def warm(*_) -> None:
+        try:
+            client.warm(config.get_property("model"), kind)
+        except ImpastoError:
+            pass  # OK runs the job, which says what is wrong
+
+    config.connect("notify::model", warm)
+    warm()
+
+
 def run_dialog(procedure, config, client, title: str, drawable) -> bool:
     """Show the procedure's dialog with the server's models; False if cancelled."""
     name = procedure.get_name()
@@ -374,6 +440,7 @@ def run_dialog(procedure, config, client, title: str, drawable) -> bool:
     health = client.health()
     Gimp.progress_end()  # the core is up: no "starting the core" under the dialog
     dialog = build_dialog(name, procedure, config, models, health, title)[0]
+    keep_warm(client, config, kind)
     if name == STYLIZE:
         add_preview(dialog, client, drawable, config, models)
     accepted = dialog.run()
@@ -475,6 +542,10 @@ def add_arguments(procedure, name: str) -> None:
             "model", "_Model", "Upscaling model name (empty: the first)", "", rw
         )
         procedure.add_string_argument("output", "O_utput", nicks, "new-image", rw)
+        procedure.add_string_argument(
+            "source", "Sour_ce", "'layer' (the active one) or 'visible' (the image as seen)",
+            "layer", rw,
+        )  # fmt: skip
 
 
 class Impasto(Gimp.PlugIn):
@@ -504,9 +575,10 @@ class Impasto(Gimp.PlugIn):
             procedure.set_menu_label("_Upscale x4...")
             procedure.set_documentation(
                 "Upscale the layer 4 times with a neural network (super-resolution)",
-                "Upscales the active layer x4 into a new image, or the whole image in place (other "
-                "layers resized by GIMP). 'model' is an upscaler's name (e.g. sr-faithful, "
-                "sr-sharp), empty for the first one.",
+                "Upscales the active layer (source 'layer') or the image as seen ('visible') x4 "
+                "into a new image named '<name> x4' (only the selection's bounds when there is a "
+                "selection), or the whole image in place (other layers resized by GIMP). 'model' "
+                "is an upscaler's name (e.g. sr-faithful, sr-sharp), empty for the first one.",
                 name,
             )
         procedure.add_menu_path("<Image>/Filters")  # after the label, which GIMP needs first

@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -121,13 +122,14 @@ def _chroot(root: Path, env: dict[str, str], command: list[str]) -> list[str]:
 
 
 def run_batch(
-    root: Path, script: str, env: dict[str, str], timeout: float = 300
+    root: Path, script: str, env: dict[str, str], timeout: float = 300, prefix: tuple = ()
 ) -> subprocess.CompletedProcess:
-    """Run a python-fu-eval batch script in headless GIMP inside the chroot (it must be mounted)."""
+    """Run a python-fu-eval batch script in headless GIMP inside the chroot (it must be mounted);
+    ``prefix`` wraps the chroot command (e.g. FLATPAK_PIDS)."""
     command = [GIMP, "-i", "--batch-interpreter=python-fu-eval", "-b", "-", "--quit"]
     # A session of its own, so a hung GIMP is killed with all its plug-ins.
     with subprocess.Popen(
-        _chroot(root, env, command),
+        [*prefix, *_chroot(root, env, command)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -182,3 +184,82 @@ def virtual_display(root: Path) -> Iterator[str]:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
             process.wait()
+
+
+# ---- a Flatpak-like sandbox -----------------------------------------------------------------
+
+# Flatpak gives the sandbox its own pid namespace: the host's processes (the server) are invisible.
+FLATPAK_PIDS = ("unshare", "--pid", "--fork", "--kill-child")
+
+
+# flatpak-spawn as GIMP has it with --talk-name=org.freedesktop.Flatpak: the command runs on the
+# host (here: by host_relay, through files in $RELAY) and this process lasts as long as it does.
+_SPAWN = r"""#!/bin/sh
+id=$$
+printf '%s\0' "$@" > "$RELAY/.req.$id" && mv "$RELAY/.req.$id" "$RELAY/req.$id"
+while [ ! -e "$RELAY/exit.$id" ]; do sleep 0.05; done
+exit "$(cat "$RELAY/exit.$id")"
+"""
+
+
+def _relay(relay: Path, stop: threading.Event) -> None:
+    """Run each flatpak-spawn request on the host, as flatpak-session-helper does."""
+    while not stop.is_set():
+        for request in relay.glob("req.*"):
+            args = request.read_bytes().split(b"\0")[:-1]
+            request.unlink()
+            options = [a.decode() for a in args]
+            cwd, env, i = None, dict(os.environ), 0
+            while i < len(options) and options[i].startswith("--"):
+                if options[i].startswith("--directory="):
+                    cwd = options[i].split("=", 1)[1]
+                elif options[i].startswith("--env="):
+                    key, value = options[i].split("=", 1)[1].split("=", 1)
+                    env[key] = value
+                i += 1
+            exit_file = relay / f"exit.{request.name.split('.', 1)[1]}"
+
+            def run(command=options[i:], cwd=cwd, env=env, exit_file=exit_file) -> None:
+                code = subprocess.run(
+                    command, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    start_new_session=True,
+                ).returncode  # fmt: skip
+                exit_file.write_text(str(code))
+
+            threading.Thread(target=run, daemon=True).start()
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def host_relay(view: Path, relay: Path) -> Iterator[None]:
+    """Give the Flatpak-like view a flatpak-spawn that may run commands on the host (the
+    permission granted); the sandbox must get RELAY=<relay> in its environment."""
+    relay.mkdir(parents=True, exist_ok=True)
+    spawn = view / "usr/bin/flatpak-spawn"  # in the overlay's upper layer only
+    spawn.write_text(_SPAWN)
+    spawn.chmod(0o755)
+    stop = threading.Event()
+    thread = threading.Thread(target=_relay, args=(relay, stop), daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+@contextlib.contextmanager
+def flatpak_like(root: Path, scratch: Path) -> Iterator[Path]:
+    """A copy-on-write view of the chroot with /.flatpak-info, as inside Flathub's GIMP; the cached
+    chroot itself (shared with other runs) is never changed. Yields the view's root."""
+    upper, work, view = (scratch / name for name in ("upper", "work", "root"))
+    for folder in (upper, work, view):
+        folder.mkdir(parents=True)
+    options = f"lowerdir={root},upperdir={upper},workdir={work}"
+    _run(["mount", "-t", "overlay", "overlay", "-o", options, str(view)], "overlay mount", 30)
+    try:
+        (view / ".flatpak-info").write_text("[Application]\nname=org.gimp.GIMP\n")
+        yield view
+    finally:
+        subprocess.run(["umount", "-l", str(view)], capture_output=True)

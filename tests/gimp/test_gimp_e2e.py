@@ -631,6 +631,9 @@ def test_dialog_upscale_opens_a_new_image(session) -> None:
     _, results, _ = session
     case = dialog_case(results, "dialog_upscale")
     assert case["new_images"] == 1 and [4 * W, 4 * H] in case["sizes"]
+    # Opening the dialog asked the server to load its upscaler before OK (a warm request).
+    log = (session[0].parent / "log" / "server.log").read_text()
+    assert "POST /v1/warm?model=sr&kind=sr" in log
 
 
 def test_cancel_leaves_the_image_unchanged_and_stops_the_job(session) -> None:

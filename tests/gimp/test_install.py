@@ -60,6 +60,9 @@ def test_install_into_existing_gimp3_profiles_then_uninstall(home: Path) -> None
     assert not (gimp2 / "plug-ins/impasto").exists()  # GIMP 2 cannot run it
     assert not (home / ".config/GIMP/3.0").exists()  # profiles exist: none invented
     assert "core dependencies already installed" in done.stdout
+    # The Flatpak GIMP cannot start the server: it starts at login (no systemd here: XDG autostart).
+    autostart = home / ".config/autostart/impasto-server.desktop"
+    assert "-m core serve --idle-timeout 0" in autostart.read_text()
 
     installed = listing(home)
     again = run_install(home, "--venv", str(VENV), "--no-sample", "--no-prepare")
