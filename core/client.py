@@ -197,6 +197,24 @@ class Client:
         }
         return self._job("upscale", params, pixels, progress, cancel, queued, phase, 4)
 
+    def train(
+        self, name: str, painting: str, photos: str, minutes: float, style_size: int = 256
+    ) -> dict:
+        """Start training style ``name`` from the painting file on the photos folder, in the
+        server's background (core.training); returns the training's status."""
+        query = urlencode({"name": name, "painting": painting, "photos": photos,
+                           "minutes": minutes, "style_size": style_size})  # fmt: skip
+        return self._retrying(lambda info: self._call(info, "POST", f"{API}/train?{query}"))
+
+    def training(self) -> dict:
+        """The current or last training: state (idle, running, done, failed, cancelled), name,
+        step, steps, eta, message and, when done, model (its file)."""
+        return self._get(f"{API}/training")
+
+    def cancel_training(self) -> dict:
+        """Cancel the running training (no model is written); returns its status."""
+        return self._retrying(lambda info: self._call(info, "POST", f"{API}/training/cancel"))
+
     def running(self) -> bool:
         """Whether a server answers now (nothing is started): a caller can say a start is coming."""
         info = _published()
