@@ -24,6 +24,7 @@ from core.connection import (
     PROTOCOL,
     ConnectionInfo,
     UntrustedConnectionError,
+    config_dir,
     log_path,
     pid_alive,
     probe,
@@ -198,13 +199,24 @@ class Client:
         return self._job("upscale", params, pixels, progress, cancel, queued, phase, 4)
 
     def train(
-        self, name: str, painting: str, photos: str, minutes: float, style_size: int = 256
-    ) -> dict:
-        """Start training style ``name`` from the painting file on the photos folder, in the
-        server's background (core.training); returns the training's status."""
-        query = urlencode({"name": name, "painting": painting, "photos": photos,
+        self, name: str, rgb: bytes, width: int, height: int, photos: str, minutes: float,
+        style_size: int = 256,
+    ) -> dict:  # fmt: skip
+        """Start training style ``name`` from a painting (8-bit RGB pixels) on the photos folder
+        in the server's background (core.training); returns the training's status."""
+        from core.training import png_bytes
+
+        # The painting travels as a file in the connection's folder: the one place client and
+        # server are sure to share (GIMP in a sandbox has its own /tmp).
+        self._server()  # started if needed: it made the folder
+        painting = config_dir() / f"painting-{os.getpid()}-{time.monotonic_ns()}.png"
+        painting.write_bytes(png_bytes(rgb, width, height))
+        query = urlencode({"name": name, "painting": str(painting), "photos": photos,
                            "minutes": minutes, "style_size": style_size})  # fmt: skip
-        return self._retrying(lambda info: self._call(info, "POST", f"{API}/train?{query}"))
+        try:
+            return self._retrying(lambda info: self._call(info, "POST", f"{API}/train?{query}"))
+        finally:
+            painting.unlink(missing_ok=True)
 
     def training(self) -> dict:
         """The current or last training: state (idle, running, done, failed, cancelled), name,

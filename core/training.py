@@ -10,10 +10,12 @@ import re
 import shlex
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,24 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # trainer.cli's --name, b
 # Extra trainer options for tests (tiny crops), read from the server's environment: not an API.
 EXTRA_ARGS_ENV = "IMPASTO_TRAIN_ARGS"
 STEP_LINE = re.compile(r"step (\d+)/(\d+) .*ETA (\S+)")
+
+
+def png_bytes(rgb: bytes, width: int, height: int) -> bytes:
+    """8-bit RGB pixels as a PNG file (the painting the client hands the server)."""
+    rows = b"".join(b"\0" + rgb[y * width * 3 : (y + 1) * width * 3] for y in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
 
 
 class TrainingRefused(Exception):
@@ -116,10 +136,12 @@ class TrainingJob:
             run_dir = self.runs_dir / name
             shutil.rmtree(run_dir, ignore_errors=True)  # an earlier cancelled or failed run
             run_dir.mkdir(parents=True)
+            # The client's file is temporary: the run keeps its own copy (and shows what it used).
+            shutil.copyfile(painting, run_dir / "painting.png")
             output = run_dir / f"{name}.impasto"
             command = [
                 sys.executable, "-m", "trainer", "style", "--name", name,
-                "--style-image", painting, "--dataset", photos, "--minutes", f"{minutes:g}",
+                "--style-image", str(run_dir / "painting.png"), "--dataset", photos, "--minutes", f"{minutes:g}",
                 "--style-size", str(style_size), "--run-dir", str(run_dir / "run"),
                 "--output", str(output), "--description", "Your own style, trained in Impasto",
                 *shlex.split(os.environ.get(EXTRA_ARGS_ENV, "")),

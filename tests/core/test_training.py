@@ -27,7 +27,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     make_photos(folder / "few", 3)
     y, x = np.mgrid[0:48, 0:64]
     stripes = np.stack([200 * (np.sin(x / 2) > 0), 80 + 0 * x, 200 * (np.cos(y / 3) > 0)], -1)
-    Image.fromarray(stripes.astype(np.uint8)).save(folder / "painting.png")
+    (folder / "painting.raw").write_bytes(stripes.astype(np.uint8).tobytes())
     with pytest.MonkeyPatch.context() as env:
         for name in ("CONFIG", "MODELS", "LOG", "CACHE"):
             env.setenv(f"IMPASTO_{name}_DIR", str(folder / name.lower()))
@@ -41,6 +41,12 @@ def server(home: Path) -> Iterator[Server]:
     running = start_server(home)
     yield running
     running.stop()
+
+
+def train(home: Path, name: str, photos: str, minutes: float) -> dict:
+    """Start training ``name`` on the stripes, as the plug-in does (8-bit RGB pixels)."""
+    stripes = (home / "painting.raw").read_bytes()
+    return Client(autostart=False).train(name, stripes, 64, 48, str(home / photos), minutes, 64)
 
 
 def wait_for(client: Client, condition, timeout: float = 180) -> dict:
@@ -60,27 +66,28 @@ def model_files(home: Path) -> list[str]:
 def test_too_few_photos_are_refused_with_how_many_are_needed(home, server):
     client = Client(autostart=False)
     with pytest.raises(ImpastoError, match=f"holds 3 photos; training needs at least {MIN_PHOTOS}"):
-        client.train("mine", str(home / "painting.png"), str(home / "few"), 0.2, 64)
+        train(home, "mine", "few", 0.2)
     assert client.training()["state"] == "idle"
 
 
 def test_a_cancelled_training_leaves_no_model(home, server):
     client = Client(autostart=False)
-    client.train("cancelled", str(home / "painting.png"), str(home / "photos"), 10, 64)
+    train(home, "cancelled", "photos", 10)
     with pytest.raises(ImpastoError, match="'cancelled' is training"):  # one at a time
-        client.train("other", str(home / "painting.png"), str(home / "photos"), 1, 64)
+        train(home, "other", "photos", 1)
     wait_for(client, lambda s: s["step"] >= 2)
     client.cancel_training()
     status = wait_for(client, lambda s: s["state"] != "running", 60)
     assert status["state"] == "cancelled"
     assert model_files(home) == []  # nothing, not even a partial file
+    assert not list((home / "config").glob("painting-*"))  # the client's copy is gone too
     assert not (home / "cache" / "training" / "cancelled").exists()
     assert "cancelled" not in [m["name"] for m in client.models("style")]
 
 
 def test_a_finished_training_is_listed_and_stylizes_at_once(home, server):
     client = Client(autostart=False)
-    started = client.train("quick", str(home / "painting.png"), str(home / "photos"), 0.2, 64)
+    started = train(home, "quick", "photos", 0.2)
     assert started["state"] == "running" and started["minutes"] == 0.2
     status = wait_for(client, lambda s: s["state"] != "running")
     assert status["state"] == "done", status
