@@ -22,7 +22,8 @@ def test_a_time_budget_ends_on_time_with_a_calibrated_listed_model(
 ):
     monkeypatch.setenv("IMPASTO_MODELS_DIR", str(tmp_path / "models"))
     args = ["style", "--style-image", str(painting), "--name", "quick", "--width", "compact"]
-    args += tiny_args(tmp_path, photos, "--minutes", "0.3")  # 18 s
+    # 18 s; 64 px crops at the end, 32 px before (the budget's schedule, half the size first)
+    args += tiny_args(tmp_path, photos, "--minutes", "0.3", "--image-size", "64")
     started = time.time()
     assert main(args) == 0
     path = tmp_path / "models" / "quick.impasto"
@@ -30,6 +31,7 @@ def test_a_time_budget_ends_on_time_with_a_calibrated_listed_model(
     assert 0.9 * 18 <= path.stat().st_mtime - started <= 1.1 * 18
     out = capsys.readouterr().out
     assert "time budget 0.3 min:" in out and "img/s  ETA" in out
+    assert "32 px crops, the last" in out and "crops now 64 px" in out
     net, info = load_model(path)
     assert info.int8_ranges and len(info.int8_ranges) > 0  # calibrated: int8 on CPUs
     assert info.training["steps"] > 10
