@@ -68,10 +68,16 @@ class TimeBudget:
             self._plan(step, now)
 
     def _plan(self, step: int, now: float) -> None:
-        """Split the remaining time: small crops first, FINAL_SHARE of it at the final size."""
+        """Split the remaining time: small crops first, FINAL_SHARE of it at the final size.
+
+        Re-plans keep the final steps' count and move the switch: re-taking a share of what is
+        left each time would push the switch back until the deadline (and never train large)."""
         left = self.deadline - now
         final_seconds = self.step_seconds * (self.final_size / self.config.image_size) ** 2
-        final_steps = max(1, math.floor(left * FINAL_SHARE / final_seconds))
+        if self.switch is None:
+            final_steps = max(1, math.floor(left * FINAL_SHARE / final_seconds))
+        else:
+            final_steps = self.config.final_steps
         small_steps = max(0, math.floor((left - final_steps * final_seconds) / self.step_seconds))
         total = min(self.max_steps, step + small_steps + final_steps)
         final_steps = min(final_steps, total - step)
