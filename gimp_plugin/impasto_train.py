@@ -72,8 +72,14 @@ def ask_to_cancel(client, status: dict) -> bool:
     return cancel
 
 
-def run_dialog(procedure, config) -> bool:
-    """The options dialog; True on OK."""
+def default_photos(config) -> None:
+    """The Pictures folder until the user chose a folder (GIMP then remembers theirs)."""
+    if not config.get_property("photos"):
+        config.set_property("photos", pictures_folder())
+
+
+def build_dialog(procedure, config):
+    """The options dialog, with why the photos folder matters."""
     GimpUi.init(TRAIN)
     dialog = GimpUi.ProcedureDialog(
         procedure=procedure, config=config, title="New Style from Layer"
@@ -88,6 +94,12 @@ def run_dialog(procedure, config) -> bool:
     dialog.get_content_area().pack_start(note, False, False, 6)
     note.show()
     dialog.fill(list(OPTIONS))
+    return dialog
+
+
+def run_dialog(procedure, config) -> bool:
+    """The options dialog; True on OK."""
+    dialog = build_dialog(procedure, config)
     accepted = dialog.run()
     dialog.destroy()
     return accepted
@@ -103,8 +115,7 @@ def train_style(procedure, run_mode, drawable, client, config):
     if interactive and status["state"] == "running":
         ask_to_cancel(client, status)
         return None
-    if not config.get_property("photos"):
-        config.set_property("photos", pictures_folder())
+    default_photos(config)
     if interactive and not run_dialog(procedure, config):
         return None
     name, photos = config.get_property("style-name"), config.get_property("photos")

@@ -328,7 +328,16 @@ def train_from_layer():
     dump(image.get_layers()[0], "trained_styled", "R'G'B'A u8")
     return r
 
-dialogs = (dialog_preview, dialog_config, dialog_stylize, dialog_upscale) if __DIALOGS__ else ()
+def dialog_train():
+    # New Style from Layer's dialog, opened by a probe plug-in as a user opens it the first time.
+    image, layer = new_image(*rgba)
+    path = OUT / "dialog-train.json"
+    _, status = call("impasto-probe-train", image, layer, out=str(path))
+    if status["status"] != "success":
+        return status
+    return {**status, **json.loads(path.read_text())}
+
+dialogs = (dialog_preview, dialog_config, dialog_stylize, dialog_upscale, dialog_train) if __DIALOGS__ else ()
 cases = (progress, deep_u16, deep_float, bad_arguments, help_ids, script_fu_example, python_example, new_layer, options, selection, offset, gray, deep,
          upscale_new, upscale_in_place, unknown_model, wrong_kind, indexed, locked, core_missing,
          cancelled, train_from_layer)
@@ -680,6 +689,16 @@ def test_new_style_from_layer_trains_then_stylizes(session) -> None:
     assert (out.parent / "models" / "from-layer.impasto").is_file()  # installed for every client
     styled = raw(out, "trained_styled", image.shape)
     assert np.abs(styled[..., :3].astype(int) - image[..., :3]).mean() > 5  # the new style paints
+
+
+def test_new_style_dialog_explains_the_photos_and_starts_at_pictures(session) -> None:
+    out, results, _ = session
+    case = dialog_case(results, "dialog_train")
+    assert case["photos"] == str(out.parent / "home" / "Pictures")  # no XDG dirs: ~/Pictures
+    assert case["photos"] in case["entries"] and "my-style" in case["entries"]
+    text = " ".join(case["labels"])
+    assert "at least 20" in text and "each step uses 4 different ones" in text
+    assert "Time budget (minutes)" in text.replace("_", "") and not case["accepted"]
 
 
 def test_help_opens_impastos_own_manual(session) -> None:
