@@ -12,7 +12,7 @@ from tests.trainer.conftest import tiny_config
 from tests.trainer.test_cli import tiny_args
 from trainer.budget import TimeBudget
 from trainer.checkpoint import load_checkpoint
-from trainer.cli import main
+from trainer.cli import build_parser, config_from_args, main
 from trainer.config import TrainConfig
 from trainer.loop import train
 
@@ -83,3 +83,15 @@ def test_ctrl_c_under_a_budget_also_writes_the_model_so_far(tmp_path, photos, pa
     assert not result.finished and result.step == 3
     assert read_info(result.model_path).training["steps"] == 3
     assert load_checkpoint(config.run_dir)["step"] == 3  # and it can still be resumed
+
+
+def test_on_a_cpu_the_default_is_twenty_minutes_and_steps_stay_for_experts(
+    tmp_path, photos, painting
+):
+    style = ["style", "--style-image", str(painting), "--name", "d", "--dataset", str(photos)]
+    style += ["--device", "cpu", "--run-dir", str(tmp_path / "run")]
+    parser = build_parser()
+    config = config_from_args(parser.parse_args(style), style)
+    assert config.minutes == 20 and (config.image_size, config.final_image_size) == (128, 256)
+    config = config_from_args(parser.parse_args([*style, "--steps", "100"]), style)
+    assert config.minutes == 0 and config.steps == 100 and config.image_size == 256
