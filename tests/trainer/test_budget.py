@@ -86,8 +86,9 @@ def test_ctrl_c_under_a_budget_also_writes_the_model_so_far(tmp_path, photos, pa
 
 
 def test_on_a_cpu_the_default_is_twenty_minutes_and_steps_stay_for_experts(
-    tmp_path, photos, painting
+    tmp_path, photos, painting, monkeypatch
 ):
+    monkeypatch.setenv("IMPASTO_MODELS_DIR", str(tmp_path / "models"))  # the output is checked
     style = ["style", "--style-image", str(painting), "--name", "d", "--dataset", str(photos)]
     style += ["--device", "cpu", "--run-dir", str(tmp_path / "run")]
     parser = build_parser()
