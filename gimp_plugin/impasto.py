@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Impasto for GIMP 3: Filters > Neural Style... and Filters > Upscale x4....
+"""Impasto for GIMP 3: Filters > Neural Style..., Upscale x4... and New Style from Layer....
 
 A thin plug-in: it reads and writes pixels and asks Impasto's core (a local server, started on
 demand with the Python that install.py recorded in impasto-core.json) to do the work.
