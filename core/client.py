@@ -24,6 +24,7 @@ from core.connection import (
     PROTOCOL,
     ConnectionInfo,
     UntrustedConnectionError,
+    config_dir,
     log_path,
     pid_alive,
     probe,
@@ -208,6 +209,35 @@ class Client:
         then starts at once. Returns without waiting for the load."""
         query = urlencode({"model": model, "kind": kind})
         self._retrying(lambda info: self._call(info, "POST", f"{API}/warm?{query}"))
+
+    def train(
+        self, name: str, rgb: bytes, width: int, height: int, photos: str, minutes: float,
+        style_size: int = 256,
+    ) -> dict:  # fmt: skip
+        """Start training style ``name`` from a painting (8-bit RGB pixels) on the photos folder
+        in the server's background (core.training); returns the training's status."""
+        from core.training import png_bytes
+
+        # The painting travels as a file in the connection's folder: the one place client and
+        # server are sure to share (GIMP in a sandbox has its own /tmp).
+        self._server()  # started if needed: it made the folder
+        painting = config_dir() / f"painting-{os.getpid()}-{time.monotonic_ns()}.png"
+        painting.write_bytes(png_bytes(rgb, width, height))
+        query = urlencode({"name": name, "painting": str(painting), "photos": photos,
+                           "minutes": minutes, "style_size": style_size})  # fmt: skip
+        try:
+            return self._retrying(lambda info: self._call(info, "POST", f"{API}/train?{query}"))
+        finally:
+            painting.unlink(missing_ok=True)
+
+    def training(self) -> dict:
+        """The current or last training: state (idle, running, done, failed, cancelled), name,
+        step, steps, eta, message and, when done, model (its file)."""
+        return self._get(f"{API}/training")
+
+    def cancel_training(self) -> dict:
+        """Cancel the running training (no model is written); returns its status."""
+        return self._retrying(lambda info: self._call(info, "POST", f"{API}/training/cancel"))
 
     def running(self) -> bool:
         """Whether a server answers now (nothing is started): a caller can say a start is coming."""

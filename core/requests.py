@@ -19,6 +19,9 @@ MODEL_NAME = re.compile(r"\w[\w .+-]{0,127}")  # fullmatch: no trailing newline
 SAMPLE_TYPES = {"u8": ("uint8", 1), "u16": ("<u2", 2), "f32": ("<f4", 4)}
 # operation -> model kind it needs; a preview is a stylize of a view with a whole image's statistics
 OPERATIONS = {"stylize": "style", "upscale": "sr", "preview": "style"}
+# core.training's endpoints: start one, its status, cancel it (the route's last part names them)
+TRAINING = {"train": "POST", "training": "GET", "training/cancel": "POST"}
+TRAINING_OPS = {path.rsplit("/", 1)[-1] for path in TRAINING}
 METHODS = {
     "/health": "GET",
     "/shutdown": "POST",
@@ -26,6 +29,7 @@ METHODS = {
     f"{API}/jobs": "GET",
     f"{API}/warm": "POST",  # load a model ahead of its first job (the dialog chose it)
     **{f"{API}/{op}": "POST" for op in OPERATIONS},
+    **{f"{API}/{path}": method for path, method in TRAINING.items()},
 }
 
 

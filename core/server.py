@@ -46,6 +46,7 @@ from core.requests import (
     MODEL_NAME,
     OPERATIONS,
     SAMPLE_TYPES,
+    TRAINING_OPS,
     RequestError,
     authenticate,
     digits,
@@ -400,6 +401,8 @@ class Handler(BaseHTTPRequestHandler):
                 self._send_json(200, {"jobs": self.server.jobs.snapshot()})
             elif op == "warm":
                 self._send_json(200, self.server.warm(request))
+            elif op in TRAINING_OPS:
+                self._send_json(*self.server.train(op, request))
             elif op == "shutdown":
                 self._send_json(200, {"status": "shutting down"})
                 self.server.stop("shutdown requested")
@@ -556,6 +559,7 @@ class ImpastoHTTPServer(ThreadingHTTPServer):
         self._broken_seen: set[tuple[str, str]] = set()
         self._warming: set[str] = set()
         self._warm_models: set[str] = set()
+        self.training = _training_job()
         super().__init__(address, Handler)
 
     def process_request(self, request: Any, client_address: Any) -> None:
@@ -660,6 +664,17 @@ class ImpastoHTTPServer(ThreadingHTTPServer):
             "broken": [{"file": bad.path.name, "error": bad.reason} for bad in broken],
         }
 
+    def train(self, op: str, params: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        """POST /v1/train, GET /v1/training, POST /v1/training/cancel (core.training)."""
+        from core.training import TrainingRefused
+
+        try:
+            if op == "train":
+                return 200, self.training.start(params)
+            return 200, self.training.cancel() if op == "cancel" else self.training.status()
+        except TrainingRefused as e:
+            return e.status, {"error": e.code, "message": e.message}
+
     def health(self) -> dict[str, Any]:
         return {
             "status": "ok",
@@ -720,8 +735,18 @@ class ImpastoHTTPServer(ThreadingHTTPServer):
         if self._stopper is None:
             log.info("stopping: %s", reason)
             self.jobs.stop()
+            self.training.cancel()  # a checkpoint is kept in the run folder, no model
             self._stopper = threading.Thread(target=self.shutdown, daemon=True)
             self._stopper.start()
+
+
+def _training_job() -> Any:
+    """The server's one training job; its runs in the user cache, its models where users' go."""
+    from core.prepared import cache_dir
+    from core.registry import user_models_dir
+    from core.training import TrainingJob
+
+    return TrainingJob(cache_dir() / "training", user_models_dir())
 
 
 def _is_loopback(host: str) -> bool:
@@ -738,7 +763,7 @@ def _watch_idle(server: ImpastoHTTPServer, idle_timeout: float) -> None:
     while server._stopper is None:
         time.sleep(min(1.0, idle_timeout / 4))
         idle = time.monotonic() - server.jobs.last_activity
-        if idle > idle_timeout and not server.jobs.count():
+        if idle > idle_timeout and not server.jobs.count() and not server.training.busy():
             server.stop(f"idle for {idle_timeout:g} s")
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Impasto for GIMP 3: Filters > Neural Style... and Filters > Upscale x4....
+"""Impasto for GIMP 3: Filters > Neural Style..., Upscale x4... and New Style from Layer....
 
 A thin plug-in: it reads and writes pixels and asks Impasto's core (a local server, started on
 demand with the Python that install.py recorded in impasto-core.json) to do the work.
@@ -18,6 +18,7 @@ from gi.repository import Gegl, Gimp, GimpUi, Gio, GLib, GObject  # noqa: E402
 
 STYLIZE = "plug-in-impasto-stylize"
 UPSCALE = "plug-in-impasto-upscale"
+TRAIN = "plug-in-impasto-train"  # impasto_train.py
 CORE_FILE = Path(__file__).resolve().with_name("impasto-core.json")  # written by install.py
 HELP_DIR = Path(__file__).resolve().with_name("help")  # help/en/gimp-help.xml: GIMP's Help buttons
 REINSTALL = "run 'python3 install.py' in the Impasto folder, then restart GIMP"
@@ -475,6 +476,14 @@ def run_upscale(procedure, run_mode, image, drawables, config, data):
     return guarded(procedure, image, drawables, work, returns_image=True)
 
 
+def run_train(procedure, run_mode, image, drawables, config, data):
+    from impasto_train import train_style  # next to this file
+
+    return guarded(
+        procedure, image, drawables, lambda c, d: train_style(procedure, run_mode, d, c, config)
+    )
+
+
 def guarded(procedure, image, drawables, work, returns_image: bool = False):
     """Run ``work`` and turn every failure into a GIMP error message the user can act on."""
     try:
@@ -555,9 +564,11 @@ class Impasto(Gimp.PlugIn):
     def do_query_procedures(self):
         # Help buttons open Impasto's own manual (install.py puts it in help/), not GIMP's.
         self.set_help_domain("impasto", Gio.File.new_for_path(str(HELP_DIR)))
-        return [STYLIZE, UPSCALE]
+        return [STYLIZE, UPSCALE, TRAIN]
 
     def do_create_procedure(self, name):
+        if name == TRAIN:
+            return create_train_procedure(self)
         run = run_stylize if name == STYLIZE else run_upscale
         procedure = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, run, None)
         procedure.set_image_types("RGB*, GRAY*")
@@ -587,6 +598,27 @@ class Impasto(Gimp.PlugIn):
             rw = GObject.ParamFlags.READWRITE
             procedure.add_image_return_value("new-image", "Image", "The upscaled image", True, rw)
         return procedure
+
+
+def create_train_procedure(plugin):
+    """Filters > New Style from Layer... (impasto_train)."""
+    from impasto_train import add_train_arguments
+
+    procedure = Gimp.ImageProcedure.new(plugin, TRAIN, Gimp.PDBProcType.PLUGIN, run_train, None)
+    procedure.set_image_types("RGB*, GRAY*")
+    procedure.set_sensitivity_mask(Gimp.ProcedureSensitivityMask.DRAWABLE)
+    procedure.set_attribution("Impasto contributors", "Impasto contributors", "2026")
+    procedure.set_menu_label("New Style from _Layer...")
+    procedure.set_documentation(
+        "Train a new Neural Style from the layer (the painting) on a folder of your photos",
+        "The layer, or the selection's part of it, is the painting. Impasto's server trains for "
+        "'minutes' in the background on 'photos' (20+ of your own) and the style then appears in "
+        "Neural Style under 'style-name'. Runs until the training ends; run again to cancel it.",
+        TRAIN,
+    )
+    procedure.add_menu_path("<Image>/Filters")
+    add_train_arguments(procedure)
+    return procedure
 
 
 if __name__ == "__main__":  # run by GIMP; imported by the dialog test's probe plug-in

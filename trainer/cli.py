@@ -22,7 +22,7 @@ from trainer.checkpoint import (
 )
 from trainer.config import DEFAULT_LOSS_NETWORK, TrainConfig
 from trainer.data import DataError, find_photos
-from trainer.loop import TrainingError, train
+from trainer.loop import TrainingError, resolve_device, train
 from trainer.losses import LOSS_FORMS
 from trainer.lossnets import LOSS_NETWORKS, LossNetworkError
 
@@ -39,6 +39,9 @@ ERRORS = (
 
 # Paper settings (Johnson et al., 2016, section 4): 256 px crops, batch 4, Adam lr 1e-3,
 # 40k iterations for style (2 epochs of COCO); 288 px patches and 200k iterations for SR.
+MIN_BUDGET_CROP = 32  # smaller crops hold too little of a photo to learn strokes from
+CPU_MINUTES = 20.0  # without a GPU the paper's schedule takes half a day: a budget instead
+
 TASK_DEFAULTS = {
     "style": {"image_size": 256, "steps": 40000},
     "sr": {"image_size": 288, "steps": 200000},
@@ -68,6 +71,15 @@ def default_workers() -> int:
     """Photo-decoding processes: none on small machines, where they would compete with training."""
     cores = os.cpu_count() or 1
     return 0 if cores <= 2 else min(8, cores // 2)
+
+
+def default_minutes(args: argparse.Namespace) -> float | None:
+    """The time budget: --minutes, else CPU_MINUTES for style training without a GPU."""
+    if args.minutes is not None or args.steps is not None or args.epochs is not None:
+        return args.minutes
+    if args.command != "style" or resolve_device(args.device).type != "cpu":
+        return None
+    return CPU_MINUTES
 
 
 def _add_common(p: argparse.ArgumentParser, task: str) -> None:
@@ -138,6 +150,14 @@ def _add_common(p: argparse.ArgumentParser, task: str) -> None:
     length = p.add_mutually_exclusive_group()
     length.add_argument(
         "--steps", type=int, help=f"training steps (default {d['steps']}, the paper's)"
+    )
+    length.add_argument(
+        "--minutes",
+        type=float,
+        help=f"a time budget instead of --steps: the steps and crop schedule follow from the "
+        f"speed measured in the first steps, so the run ends on time with a model (default "
+        f"{CPU_MINUTES:g} on a CPU; on a GPU the full {d['steps']} steps); Ctrl-C then also "
+        "writes the model so far",
     )
     length.add_argument(
         "--epochs",
@@ -322,6 +342,14 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
     spec = LOSS_NETWORKS[args.loss_network]
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     steps = args.steps or TASK_DEFAULTS[args.command]["steps"]
+    minutes = default_minutes(args)
+    if minutes is not None and minutes <= 0:
+        raise TrainingError("--minutes must be more than 0")
+    if minutes and world_size > 1:
+        raise TrainingError("--minutes plans one process's steps: under torchrun give --steps")
+    image_size, final_image_size = args.image_size, args.final_image_size
+    if minutes and not final_image_size:  # the budget's recipe: most steps at half size
+        image_size, final_image_size = max(MIN_BUDGET_CROP, args.image_size // 2), args.image_size
     if args.epochs is not None:
         photos, _ = find_photos(dataset, args.batch_size * world_size)
         steps = max(1, round(args.epochs * (len(photos) // (args.batch_size * world_size))))
@@ -342,12 +370,13 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
         ),
         style_image=str(args.style_image) if args.command == "style" else None,
         width=getattr(args, "width", "full"),
-        image_size=args.image_size,
-        final_image_size=args.final_image_size,
+        image_size=image_size,
+        final_image_size=final_image_size,
         final_steps=args.final_steps,
         resident=args.resident,
         batch_size=args.batch_size,
         steps=steps,
+        minutes=minutes or 0.0,
         lr=args.lr,
         loss_network=args.loss_network,
         loss_weights=str(args.loss_weights) if args.loss_weights else None,

@@ -30,6 +30,9 @@ class TrainConfig:
     final_steps: int = 0
     batch_size: int = 4  # per process
     steps: int = 40000
+    # A time budget (trainer.budget): steps and crop schedule then follow from measured speed,
+    # ``steps`` is their upper limit. 0: train exactly ``steps``.
+    minutes: float = 0.0
     lr: float = 1e-3
     loss_network: str = DEFAULT_LOSS_NETWORK
     loss_weights: str | None = None
@@ -63,7 +66,7 @@ class TrainConfig:
     RESUMABLE_CHANGES = (
         "steps", "output", "device", "workers", "checkpoint_every", "log_every", "preview_every",
         "display_name", "description", "credit", "command", "compile", "loss_weights", "dataset",
-        "final_image_size", "final_steps", "resident",
+        "final_image_size", "final_steps", "resident", "minutes",
     )  # fmt: skip
 
     def crop_size(self, step: int) -> int:

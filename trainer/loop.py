@@ -18,6 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from core.phased import phased
+from trainer.budget import TimeBudget
 from trainer.checkpoint import CHECKPOINT_NAME, export_model, load_checkpoint, save_checkpoint
 from trainer.config import TrainConfig
 from trainer.data import PhotoCrops, ResumableSampler, center_crop, find_photos, ignore_interrupts
@@ -83,6 +84,7 @@ class StopRequest:
 
     def __init__(self, event: threading.Event) -> None:
         self.event, self.previous = event, {}
+        self.interrupted = False  # Ctrl-C (not SIGTERM): with a time budget, also write the model
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 self.previous[sig] = signal.signal(sig, self._handle)
@@ -90,6 +92,7 @@ class StopRequest:
     def _handle(self, signum: int, frame: object) -> None:
         print("\nstopping: writing a checkpoint (Ctrl-C again to abort)", file=sys.stderr)
         self.event.set()
+        self.interrupted = signum == signal.SIGINT
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def restore(self) -> None:
@@ -150,6 +153,7 @@ def train(
     on_step: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Train (or continue) the run ``config`` describes; ``stop.set()`` ends it with a checkpoint."""
+    started = time.perf_counter()  # a time budget counts from here: loading is part of it
     device = resolve_device(config.device)
     cluster = Cluster.from_environment(device.type)
     if device.type == "cuda":
@@ -167,13 +171,13 @@ def train(
     stop = stop or threading.Event()
     stopper = StopRequest(stop)
     try:
-        return _train(config, resume, stop, on_step, device, cluster)
+        return _train(config, resume, stop, on_step, device, cluster, stopper, started)
     finally:
         stopper.restore()
         cluster.close()
 
 
-def _train(config, resume, stop, on_step, device, cluster) -> TrainResult:
+def _train(config, resume, stop, on_step, device, cluster, stopper, run_started) -> TrainResult:
     state, photos = _prepare(config, resume, cluster)
     run_dir, main = Path(config.run_dir), cluster.is_main
     checkpoint_path = run_dir / CHECKPOINT_NAME
@@ -233,6 +237,7 @@ def _train(config, resume, stop, on_step, device, cluster) -> TrainResult:
             f"{cluster.world_size} process(es); run folder {run_dir}",
             flush=True,
         )
+    budget = TimeBudget(config, step, run_started) if config.minutes else None
     autocast = dict(device_type=device.type, dtype=torch.bfloat16, enabled=config.amp)
 
     def checkpoint_state() -> dict:
@@ -283,9 +288,11 @@ def _train(config, resume, stop, on_step, device, cluster) -> TrainResult:
     sums: dict[str, torch.Tensor] = {}
     count = 0
     stopping = False
+    crop = config.crop_size(step)
     batches = batches_from(step)
     while step < config.steps and not stopping:
-        if step > 0 and config.crop_size(step) != config.crop_size(step - 1):
+        if config.crop_size(step) != crop:
+            crop = config.crop_size(step)
             batches = batches_from(step)
             if main:
                 print(f"step {step}: crops now {config.crop_size(step)} px", flush=True)
@@ -298,6 +305,11 @@ def _train(config, resume, stop, on_step, device, cluster) -> TrainResult:
         count += 1
         for k, v in terms.items():
             sums[k] = sums.get(k, 0) + v.detach()
+        plan = budget.after_step(step) if budget is not None else None
+        if plan and main:
+            print(plan, flush=True)
+        if budget is not None and main:
+            progress.total = config.steps
         if on_step is not None:
             on_step(step)
         stopping = cluster.any(stop.is_set(), device)
@@ -318,15 +330,19 @@ def _train(config, resume, stop, on_step, device, cluster) -> TrainResult:
                 write_checkpoint()
         if (
             main
-            and config.preview_every
-            and (step % config.preview_every == 0 or step == config.steps)
+            and (config.preview_every or budget is not None)
+            and (
+                (budget.preview_due() if budget else step % config.preview_every == 0)
+                or step == config.steps
+            )
         ):
             with writing_run_files():
                 write_preview()
     cluster.barrier()
 
     model_path = None
-    if main and step >= config.steps:
+    keep_model = budget is not None and stopper.interrupted  # Ctrl-C: the model so far
+    if main and (step >= config.steps or keep_model):
         try:
             model_path = export_model(checkpoint_state(), net=net)
         except OSError as e:
@@ -336,7 +352,7 @@ def _train(config, resume, stop, on_step, device, cluster) -> TrainResult:
                 f"`python -m trainer export {run_dir}`"
             ) from None
         print(f"model written: {model_path}", flush=True)
-    elif main:
+    if main and step < config.steps:
         print(
             f"stopped at step {step}; the checkpoint is in {run_dir}: continue with the same "
             "command plus --resume",

@@ -254,10 +254,35 @@ def probe_screenshot(procedure, run_mode, image, drawables, config, _data):
     return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
 
 
+def probe_train(procedure, run_mode, image, drawables, config, _data):
+    """New Style from Layer's dialog as it opens: its texts, fields and default photos folder."""
+    import impasto_train
+
+    out = Path(config.get_property("out"))
+    impasto_train.default_photos(config)
+    dialog = impasto_train.build_dialog(procedure, config)
+    seen = {}
+
+    def look() -> bool:
+        found = descendants(dialog)
+        seen["labels"] = [w.get_text() for w in found if isinstance(w, Gtk.Label)]
+        seen["entries"] = [w.get_text() for w in found if isinstance(w, Gtk.Entry)]
+        seen["photos"] = config.get_property("photos")
+        dialog.response(Gtk.ResponseType.CANCEL)
+        return False
+
+    GLib.timeout_add(300, look)
+    seen["accepted"] = dialog.run() == Gtk.ResponseType.OK
+    dialog.destroy()
+    out.write_text(json.dumps(seen))
+    return procedure.new_return_values(Gimp.PDBStatusType.SUCCESS, GLib.Error())
+
+
 IMAGE_PROBES = {
     "impasto-probe-screenshot": probe_screenshot,
     "impasto-probe-preview": probe_preview,
     "impasto-probe-progress": probe_progress,
+    "impasto-probe-train": probe_train,
 }
 
 
@@ -272,7 +297,12 @@ class Probe(Gimp.PlugIn):
         if name in IMAGE_PROBES:
             run = IMAGE_PROBES[name]
             procedure = Gimp.ImageProcedure.new(self, name, Gimp.PDBProcType.PLUGIN, run, None)
-            impasto.add_arguments(procedure, impasto.STYLIZE)
+            if name == "impasto-probe-train":
+                import impasto_train
+
+                impasto_train.add_train_arguments(procedure)
+            else:
+                impasto.add_arguments(procedure, impasto.STYLIZE)
         else:
             procedure = Gimp.Procedure.new(self, name, Gimp.PDBProcType.PLUGIN, probe, None)
             impasto.add_arguments(procedure, PROBES[name])

@@ -19,8 +19,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from core.training import EXTRA_ARGS_ENV, MIN_PHOTOS
 from tests.conftest import make_model
 from tests.gimp import gimp_chroot
+from tests.trainer.conftest import make_photos
 
 pytestmark = pytest.mark.slow
 
@@ -226,7 +228,7 @@ def bad_arguments():
 
 def help_ids():
     return {n: pdb.lookup_procedure(n).get_help_id()
-            for n in ("plug-in-impasto-stylize", "plug-in-impasto-upscale")}
+            for n in ("plug-in-impasto-stylize", "plug-in-impasto-upscale", "plug-in-impasto-train")}
 
 def dialog_config():
     # The real dialogs, used by a probe plug-in: pick, Save Settings, Reset, Load Saved Settings.
@@ -314,10 +316,31 @@ def cancelled():
     r["unchanged"] = bytes(after) == bytes(before)
     return r
 
-dialogs = (dialog_preview, dialog_config, dialog_stylize, dialog_upscale) if __DIALOGS__ else ()
+def train_from_layer():
+    # New Style from Layer... on the photo's layer: a tiny budget on 20 tiny photos (the server's
+    # test options make the crops tiny), then the new style paints the layer.
+    image, layer = new_image(*rgba)
+    _, r = call("plug-in-impasto-train", image, layer, style_name="from-layer", minutes=0.2,
+                style_size=64, photos=str(OUT / "photos"))
+    if r["status"] != "success":
+        return r
+    _, r = call("plug-in-impasto-stylize", image, layer, model="from-layer")
+    dump(image.get_layers()[0], "trained_styled", "R'G'B'A u8")
+    return r
+
+def dialog_train():
+    # New Style from Layer's dialog, opened by a probe plug-in as a user opens it the first time.
+    image, layer = new_image(*rgba)
+    path = OUT / "dialog-train.json"
+    _, status = call("impasto-probe-train", image, layer, out=str(path))
+    if status["status"] != "success":
+        return status
+    return {**status, **json.loads(path.read_text())}
+
+dialogs = (dialog_preview, dialog_config, dialog_stylize, dialog_upscale, dialog_train) if __DIALOGS__ else ()
 cases = (progress, deep_u16, deep_float, bad_arguments, help_ids, script_fu_example, python_example, new_layer, options, selection, offset, gray, deep,
          upscale_new, upscale_in_place, unknown_model, wrong_kind, indexed, locked, core_missing,
-         cancelled)
+         cancelled, train_from_layer)
 for case in (*dialogs, *cases):
     try:
         results[case.__name__] = case()
@@ -401,6 +424,7 @@ def session(tmp_path_factory: pytest.TempPathFactory, gimp_root: Path):
     for name, ramp in ramps().items():
         (out / f"ramp_{name}.raw").write_bytes(ramp.tobytes())
     Image.fromarray(image[..., :3]).save(out / "photo.jpg", quality=95)
+    make_photos(out / "photos", MIN_PHOTOS)  # New Style from Layer's own photos
     home = work / "home"
     plugin = install.install_plugin_into(home / ".config" / "GIMP" / "3.0", Path(sys.executable))
     probe = plugin.parent / "impasto-probe" / "impasto-probe.py"  # drives the dialogs' config
@@ -412,6 +436,7 @@ def session(tmp_path_factory: pytest.TempPathFactory, gimp_root: Path):
         "IMPASTO_MODELS_DIR": str(models),
         "IMPASTO_CONFIG_DIR": str(work / "config"),
         "IMPASTO_LOG_DIR": str(work / "log"),
+        EXTRA_ARGS_ENV: "--image-size 32 --batch-size 2 --width compact --workers 0",
     }
     saved = {k: os.environ.get(k) for k in server_env}
     os.environ.update(server_env)  # the server started below inherits them
@@ -660,6 +685,25 @@ def test_out_of_range_arguments_are_refused_by_name(session) -> None:
     assert case["layers"] == 1  # nothing was made
 
 
+def test_new_style_from_layer_trains_then_stylizes(session) -> None:
+    out, results, image = session
+    case = results["train_from_layer"]
+    assert case["status"] == "success", case["error"]
+    assert (out.parent / "models" / "from-layer.impasto").is_file()  # installed for every client
+    styled = raw(out, "trained_styled", image.shape)
+    assert np.abs(styled[..., :3].astype(int) - image[..., :3]).mean() > 5  # the new style paints
+
+
+def test_new_style_dialog_explains_the_photos_and_starts_at_pictures(session) -> None:
+    out, results, _ = session
+    case = dialog_case(results, "dialog_train")
+    assert case["photos"] == str(out.parent / "home" / "Pictures")  # no XDG dirs: ~/Pictures
+    assert case["photos"] in case["entries"] and "my-style" in case["entries"]
+    text = " ".join(case["labels"])
+    assert "at least 20" in text and "each step uses 4 different ones" in text
+    assert "Time budget (minutes)" in text.replace("_", "") and not case["accepted"]
+
+
 def test_help_opens_impastos_own_manual(session) -> None:
     out, results, _ = session
     plugin = out.parent / "home" / ".config" / "GIMP" / "3.0" / "plug-ins" / "impasto"
@@ -670,7 +714,8 @@ def test_help_opens_impastos_own_manual(session) -> None:
     # ... whose map sends each procedure's help ID to its section of the shipped manual.
     index = (plugin / "help" / "en" / "gimp-help.xml").read_text()
     page = (plugin / "help" / "en" / "impasto.html").read_text()
-    sections = {"stylize": "Filters &gt; Neural Style...", "upscale": "Filters &gt; Upscale x4..."}
+    sections = {"stylize": "Filters &gt; Neural Style...", "upscale": "Filters &gt; Upscale x4...",
+                "train": "Filters &gt; New Style from Layer..."}  # fmt: skip
     for name, qualified in results["help_ids"].items():
         domain, help_id = qualified.split("?")
         assert domain == "impasto"
