@@ -7,6 +7,7 @@ import os
 import re
 import shlex
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import platformdirs
@@ -65,6 +66,21 @@ def dataset_from(option: Path | None) -> Path:
             f"or set {DATA_ENV}"
         )
     return dataset
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Loss weights: content, style, total variation."""
+
+    content_weight: float
+    style_weight: float
+    tv_weight: float
+
+
+# The relative loss form's defaults, the shipped styles' recipe (docs/training.md), and the content
+# layer it uses where the network's own is too coarse for 128-px crops (MobileNetV2's block6: 16x16).
+RELATIVE_WEIGHTS = Weights(content_weight=1.0, style_weight=1.0, tv_weight=0.0)
+RELATIVE_CONTENT_LAYER = {"mobilenet_v2": "block3"}
 
 
 def default_workers() -> int:
@@ -181,7 +197,7 @@ def _add_common(p: argparse.ArgumentParser, task: str) -> None:
     p.add_argument(
         "--content-weight",
         type=float,
-        help=f"content (feature reconstruction) loss weight; defaults by loss network: {net_defaults}",
+        help=f"content (feature reconstruction) loss weight; default 1 with the relative loss form; with --loss-form paper, by loss network: {net_defaults}",
     )
     p.add_argument(
         "--tv-weight",
@@ -258,13 +274,13 @@ def build_parser() -> argparse.ArgumentParser:
     style.add_argument(
         "--style-weight",
         type=float,
-        help="style (Gram) loss weight; higher: more texture, less photo (default per loss network, see --content-weight)",
+        help="style (Gram) loss weight; higher: more texture, less photo (default 1 with the relative loss form; per loss network with --loss-form paper, see --content-weight)",
     )
     style.add_argument(
         "--loss-form",
         choices=list(LOSS_FORMS),
-        default="paper",
-        help="paper: Johnson et al.'s mean squared errors (their scale differs ~1e7x between VGG layers, so the deep, painterly layers barely count); relative: each error divided by its target's mean square, so every style layer counts equally and the weights mean the same on every loss network",
+        default="relative",
+        help="relative (default, the shipped styles' recipe): each error divided by its target's mean square, so every style layer counts equally and the weights mean the same on every loss network (defaults content 1, style 1, TV 0; MobileNetV2's content at block3); paper: Johnson et al.'s mean squared errors, whose scale differs ~1e7x between VGG layers (the weights then default per loss network, see --content-weight)",
     )
     style.add_argument(
         "--content-layer",
@@ -357,8 +373,17 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
     if output.exists() and not args.overwrite:
         raise TrainingError(f"{output} already exists: add --overwrite, or choose another --name")
 
+    relative = getattr(args, "loss_form", "paper") == "relative"
+    # The relative form's weights mean the same on every network (docs/training.md); the paper's
+    # form needs each network's own.
+    defaults = RELATIVE_WEIGHTS if relative else spec
+
     def weight(value: float | None, default: float) -> float:
         return default if value is None else value
+
+    content_layer = getattr(args, "content_layer", "")
+    if relative and not content_layer:
+        content_layer = RELATIVE_CONTENT_LAYER.get(args.loss_network, "")
 
     return TrainConfig(
         task=args.command,
@@ -380,13 +405,13 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
         lr=args.lr,
         loss_network=args.loss_network,
         loss_weights=str(args.loss_weights) if args.loss_weights else None,
-        content_weight=weight(args.content_weight, spec.content_weight),
-        style_weight=weight(getattr(args, "style_weight", None), spec.style_weight),
-        tv_weight=weight(args.tv_weight, spec.tv_weight),
+        content_weight=weight(args.content_weight, defaults.content_weight),
+        style_weight=weight(getattr(args, "style_weight", None), defaults.style_weight),
+        tv_weight=weight(args.tv_weight, defaults.tv_weight),
         pixel_weight=getattr(args, "pixel_weight", 0.0),
         style_size=getattr(args, "style_size", 256),
         loss_form=getattr(args, "loss_form", "paper"),
-        content_layer=getattr(args, "content_layer", ""),
+        content_layer=content_layer,
         sr_loss=getattr(args, "loss", "perceptual"),
         scale=getattr(args, "scale", 4),
         degradation=getattr(args, "degradation", "paper"),
