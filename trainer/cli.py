@@ -287,6 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="the loss network's layer for the content loss (default: the network's own, e.g. relu2_2 for VGG-16, block6 for MobileNetV2; block3 keeps more of the photo's detail)",
     )
+    style.add_argument(
+        "--tone-weight",
+        type=float,
+        default=0.0,
+        help="keep the photo's large-scale brightness (8x8-block luma; colour stays free): dark regions stay dark instead of taking a random hue (default 0)",
+    )
     style.add_argument("--style-size", type=int, default=256, help="the painting's longer side in pixels during training; larger: finer brush strokes (default 256, as the authors' code)")  # fmt: skip
     _add_common(style, "style")
 
@@ -412,6 +418,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
         style_size=getattr(args, "style_size", 256),
         loss_form=getattr(args, "loss_form", "paper"),
         content_layer=content_layer,
+        tone_weight=getattr(args, "tone_weight", 0.0),
         sr_loss=getattr(args, "loss", "perceptual"),
         scale=getattr(args, "scale", 4),
         degradation=getattr(args, "degradation", "paper"),

@@ -43,6 +43,7 @@ class TrainConfig:
     style_size: int = 256
     loss_form: str = "paper"  # trainer.losses.LOSS_FORMS: "paper" or "relative"
     content_layer: str = ""  # the loss network's layer for the content loss ("": its default)
+    tone_weight: float = 0.0  # keep the photo's large-scale brightness (trainer.losses.tone_error)
     sr_loss: str = "perceptual"
     scale: int = 4
     degradation: str = "paper"

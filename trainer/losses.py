@@ -31,6 +31,15 @@ def total_variation(images: torch.Tensor) -> torch.Tensor:
 LOSS_FORMS = ("paper", "relative")
 
 
+def tone_error(output: torch.Tensor, photo: torch.Tensor, block: int = 8) -> torch.Tensor:
+    """How far the output's large-scale brightness is from the photo's: mean squared difference of
+    8x8-block mean luma, over the photo's own block-luma variance (scale-free). Colour is free."""
+    weights = torch.tensor([0.299, 0.587, 0.114], device=output.device).view(1, 3, 1, 1)
+    out, ref = ((x.float() * weights).sum(1, keepdim=True) for x in (output, photo))
+    out, ref = F.avg_pool2d(out, block, ceil_mode=True), F.avg_pool2d(ref, block, ceil_mode=True)
+    return F.mse_loss(out, ref) / ref.var().clamp_min(1e-6)
+
+
 class StyleLoss(nn.Module):
     """Content (feature reconstruction) + style (Gram) + TV loss against one style image.
 
@@ -39,6 +48,8 @@ class StyleLoss(nn.Module):
     layers that carry a painting's shapes barely count. "relative": each error divided by its
     target's mean square (the painting's Gram per layer, the photo's features per batch), so every
     style layer counts equally and the weights mean the same on every loss network.
+    ``tone_weight``: a term that keeps the photo's large-scale brightness (tone_error): without it
+    feature losses barely tell dark colours apart, and dark regions may come out in any hue.
     The style image's Gram matrices are computed once; content targets under no_grad.
     """
 
@@ -51,12 +62,13 @@ class StyleLoss(nn.Module):
         tv_weight: float,
         form: str = "paper",
         content_layer: str | None = None,
+        tone_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if form not in LOSS_FORMS:
             raise ValueError(f"unknown loss form {form!r}: choose {', '.join(LOSS_FORMS)}")
-        self.lossnet, self.relative = lossnet, form == "relative"
-        self.terms = ("total", "content", "style", "tv")
+        self.lossnet, self.relative, self.tone_weight = lossnet, form == "relative", tone_weight
+        self.terms = ("total", "content", "style", "tv") + (("tone",) if tone_weight else ())
         self.content_weight, self.style_weight, self.tv_weight = (
             content_weight,
             style_weight,
@@ -96,6 +108,8 @@ class StyleLoss(nn.Module):
             "style": self.style_weight * style_loss,
             "tv": self.tv_weight * total_variation(output),
         }
+        if self.tone_weight:
+            terms["tone"] = self.tone_weight * tone_error(output, content)
         terms["total"] = sum(terms.values())
         return terms
 

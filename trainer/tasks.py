@@ -65,6 +65,7 @@ class StyleTask:
             config.tv_weight,
             config.loss_form,
             config.content_layer or None,
+            config.tone_weight,
         )
 
     def network(self) -> nn.Module:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer.losses import StyleLoss, gram_matrix
+from trainer.losses import StyleLoss, gram_matrix, tone_error
 from trainer.lossnets import LOSS_NETWORKS, LossNetwork, vgg16_features
 
 
@@ -65,3 +65,26 @@ def test_content_layer_can_be_chosen_and_an_unknown_one_is_refused():
     assert not torch.isclose(default, expected)
     with pytest.raises(ValueError, match="no layer 'block3'"):
         StyleLoss(net, style, 1.0, 1.0, 0.0, "relative", "block3")
+
+
+def test_tone_term_keeps_brightness_and_leaves_colour_free():
+    torch.manual_seed(4)
+    photo = torch.rand(2, 3, 32, 32) * 0.5
+    luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    # The same brightness in another hue (each pixel's luma kept): no tone error.
+    recoloured = photo.mean(1, keepdim=True).expand(-1, 3, -1, -1).clone()
+    shift = torch.tensor([0.05, -0.02, 0.0]).view(1, 3, 1, 1)
+    recoloured = recoloured + shift - (shift * luma).sum(1, keepdim=True)
+    recoloured = recoloured + ((photo - recoloured) * luma).sum(1, keepdim=True)
+    assert tone_error(recoloured, photo) < 1e-6
+    # A dark corner painted bright (a blotch): a clear error, growing with its size.
+    small, large = photo.clone(), photo.clone()
+    small[..., :8, :8], large[..., :16, :16] = 0.9, 0.9
+    assert 0.1 < tone_error(small, photo) < tone_error(large, photo)
+    # As a StyleLoss term it is reported and weighted.
+    loss = StyleLoss(
+        _scaled_vgg(1.0), torch.rand(1, 3, 32, 32), 1.0, 1.0, 0.0, "relative", None, 2.0
+    )
+    terms = loss(small, photo)
+    torch.testing.assert_close(terms["tone"], 2 * tone_error(small, photo))
+    assert "tone" in loss.terms
