@@ -279,8 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     style.add_argument(
         "--loss-form",
         choices=list(LOSS_FORMS),
-        default="relative",
-        help="relative (default, the shipped styles' recipe): each error divided by its target's mean square, so every style layer counts equally and the weights mean the same on every loss network (defaults content 1, style 1, TV 0; MobileNetV2's content at block3); paper: Johnson et al.'s mean squared errors, whose scale differs ~1e7x between VGG layers (the weights then default per loss network, see --content-weight)",
+        default="paper",
+        help="paper (default, the shipped styles'): Johnson et al.'s mean squared errors, whose scale differs ~1e7x between VGG layers (weights default per loss network, see --content-weight); relative: each error divided by its target's mean square, so every style layer counts equally and the weights mean the same on every network (defaults content 1, style 1, TV 0; MobileNetV2's content at block3); see docs/training.md",
     )
     style.add_argument(
         "--content-layer",

@@ -159,18 +159,17 @@ def test_ctrl_c_checkpoints_and_resume_finishes(tmp_path, photos, painting):
     assert read_info(tmp_path / "c.impasto").training["steps"] == stopped_at + 1
 
 
-def test_default_style_settings_are_the_shipped_styles_recipe(tmp_path, photos, painting):
+def test_loss_form_chooses_its_weights_and_content_layer(tmp_path, photos, painting):
     def config(*extra: str):
         argv = ["style", "--style-image", str(painting), "--dataset", str(photos), "--name", "x",
                 "--steps", "5", "--output", str(tmp_path / "x.impasto"), *extra]  # fmt: skip
         return config_from_args(build_parser().parse_args(argv), argv)
 
-    recipe = config()
-    assert (recipe.loss_form, recipe.loss_network, recipe.content_layer) == (
-        "relative", "mobilenet_v2", "block3"
-    )  # fmt: skip
-    assert (recipe.content_weight, recipe.style_weight, recipe.tv_weight) == (1.0, 1.0, 0.0)
-    paper = config("--loss-form", "paper")  # Johnson et al.'s form keeps each network's weights
-    assert (paper.content_weight, paper.style_weight, paper.content_layer) == (1e5, 1e9, "")
-    chosen = config("--style-weight", "3", "--content-layer", "block6")
+    paper = config()  # the default: Johnson et al.'s form with each network's weights
+    assert (paper.loss_form, paper.content_weight, paper.style_weight) == ("paper", 1e5, 1e9)
+    assert paper.content_layer == ""
+    relative = config("--loss-form", "relative")  # the same weights on every network
+    assert (relative.content_weight, relative.style_weight, relative.tv_weight) == (1.0, 1.0, 0.0)
+    assert relative.content_layer == "block3"  # block6 is 16x16 at 128-px crops
+    chosen = config("--loss-form", "relative", "--style-weight", "3", "--content-layer", "block6")
     assert (chosen.style_weight, chosen.content_layer) == (3.0, "block6")
