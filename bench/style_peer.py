@@ -139,7 +139,7 @@ def main() -> None:
             name = model.stem
             save_sheet([labelled_row(f"{name}: photo | painting | Impasto | peer", [], 16), *rows],
                        args.out / f"peer-{name}.png")  # fmt: skip
-            summary.append(labelled_row(name, [np.asarray(rows[1])], 200))
+            summary.append(labelled_row(name, [np.asarray(rows[1])], 120))
             print(f"| {name} | {np.mean(ours_d):.1f} | {np.mean(peer_d):.1f} |", flush=True)
     save_sheet(summary, args.out / "peer-summary.png")
 
