@@ -10,7 +10,6 @@ sample photos and ten held-out BSD100 photos; the exit code is 1 if any blotch i
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -91,16 +90,11 @@ def find_blotches(output: np.ndarray, photo: np.ndarray, painting: np.ndarray) -
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--models", help="comma-separated model names or files (default: shipped styles)"
-    )
-    parser.add_argument(
-        "--data", type=Path, default=None, help="default: $IMPASTO_DATA or ../shared/data"
-    )
+    from bench.style_peer import models_from, painting_of, style_parser
+
+    parser = style_parser(__doc__)
     parser.add_argument("--out", type=Path, help="write each photo with a blotch, marked, here")
     args = parser.parse_args()
-    from bench.style_peer import models_from, painting_of
     from core.engine import Engine
     from trainer.cli import data_root
 

@@ -76,14 +76,20 @@ def models_from(option: str | None) -> list[Path]:
     return [p for p in sorted(SHIPPED_DIR.glob("*.impasto")) if not p.name.startswith("sr-")]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def style_parser(doc: str) -> argparse.ArgumentParser:
+    """The options every style bench script takes: --models and --data."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument(
         "--models", help="comma-separated model names or files (default: shipped styles)"
     )
     parser.add_argument(
         "--data", type=Path, default=None, help="default: $IMPASTO_DATA or ../shared/data"
     )
+    return parser
+
+
+def main() -> None:
+    parser = style_parser(__doc__)
     parser.add_argument("--out", type=Path, default=REPO / "docs")
     parser.add_argument(
         "--peer-venv", type=Path, default=Path.home() / ".cache" / "impasto" / "peer-venv"
