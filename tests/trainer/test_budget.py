@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 
 from core.modelfile import load_model, read_info
 from core.registry import list_models
-from tests.trainer.conftest import tiny_config
-from tests.trainer.test_cli import tiny_args
+from tests.trainer.test_cli import REPO, tiny_args
 from trainer.budget import TimeBudget
 from trainer.checkpoint import load_checkpoint
 from trainer.cli import build_parser, config_from_args, main
 from trainer.config import TrainConfig
-from trainer.loop import train
 
 
 def test_a_time_budget_ends_on_time_with_a_calibrated_listed_model(
@@ -73,16 +73,23 @@ def test_a_budget_on_a_fast_device_stops_at_the_full_schedule():
 
 
 def test_ctrl_c_under_a_budget_also_writes_the_model_so_far(tmp_path, photos, painting):
-    config = tiny_config(tmp_path, photos, painting, minutes=5.0, steps=40000)
-
-    def ctrl_c(step: int) -> None:
-        if step == 3:
-            os.kill(os.getpid(), signal.SIGINT)
-
-    result = train(config, on_step=ctrl_c)
-    assert not result.finished and result.step == 3
-    assert read_info(result.model_path).training["steps"] == 3
-    assert load_checkpoint(config.run_dir)["step"] == 3  # and it can still be resumed
+    """A real Ctrl-C (SIGINT to the process group) of `python -m trainer style --minutes`."""
+    args = [sys.executable, "-m", "trainer", "style", "--style-image", str(painting), "--name", "b"]
+    args += ["--output", str(tmp_path / "b.impasto"), "--width", "compact"]
+    args += tiny_args(tmp_path, photos, "--minutes", "5")
+    process = subprocess.Popen(
+        args, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    for line in process.stdout:
+        if line.startswith("step 3/"):
+            os.killpg(process.pid, signal.SIGINT)
+            break
+    out, err = process.communicate(timeout=120)
+    assert "Traceback" not in err, err
+    stopped_at = load_checkpoint(tmp_path / "run")["step"]  # and it can still be resumed
+    assert stopped_at >= 3 and "model written" in out
+    assert read_info(tmp_path / "b.impasto").training["steps"] == stopped_at
 
 
 def test_on_a_cpu_the_default_is_twenty_minutes_and_steps_stay_for_experts(
