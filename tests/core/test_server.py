@@ -73,11 +73,14 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     make_model(folder / "models", "wide", seed=1, width="full")
     make_model(folder / "models", "sr", kind="sr")
     with pytest.MonkeyPatch.context() as env:
-        env.setenv("IMPASTO_CONFIG_DIR", str(folder / "config"))
-        env.setenv("IMPASTO_MODELS_DIR", str(folder / "models"))
-        env.setenv("IMPASTO_LOG_DIR", str(folder / "log"))
-        env.setenv("IMPASTO_CACHE_DIR", str(folder / "cache"))
+        use_folders(env, folder)
         yield folder
+
+
+def use_folders(env: pytest.MonkeyPatch, folder: Path) -> None:
+    """Impasto's config, models, log and cache folders inside ``folder``."""
+    for name in ("CONFIG", "MODELS", "LOG", "CACHE"):
+        env.setenv(f"IMPASTO_{name}_DIR", str(folder / name.lower()))
 
 
 @pytest.fixture(scope="module")

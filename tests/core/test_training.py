@@ -13,7 +13,7 @@ from PIL import Image
 
 from core.client import Client, ImpastoError
 from core.training import EXTRA_ARGS_ENV, MIN_PHOTOS
-from tests.core.test_server import Server, start_server
+from tests.core.test_server import Server, start_server, use_folders
 from tests.trainer.conftest import make_photos
 
 TINY = "--image-size 32 --batch-size 2 --width compact --workers 0 --log-every 1"
@@ -29,8 +29,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     stripes = np.stack([200 * (np.sin(x / 2) > 0), 80 + 0 * x, 200 * (np.cos(y / 3) > 0)], -1)
     (folder / "painting.raw").write_bytes(stripes.astype(np.uint8).tobytes())
     with pytest.MonkeyPatch.context() as env:
-        for name in ("CONFIG", "MODELS", "LOG", "CACHE"):
-            env.setenv(f"IMPASTO_{name}_DIR", str(folder / name.lower()))
+        use_folders(env, folder)
         env.setenv(EXTRA_ARGS_ENV, TINY)
         env.setenv("OMP_NUM_THREADS", "1")
         yield folder

@@ -101,8 +101,9 @@ def flatpak_session(tmp_path_factory: pytest.TempPathFactory):
         "IMPASTO_LOG_DIR": str(work / "log"),
         "XDG_CONFIG_HOME": str(home / ".config"),
     }
-    saved = {k: os.environ.get(k) for k in host_env}
-    os.environ.update(host_env)
+    host = pytest.MonkeyPatch()  # the host side's environment, undone at the end
+    for key, value in host_env.items():
+        host.setenv(key, value)
     try:
         plugin = install.install_plugin_into(app / "config" / "GIMP" / "3.0", Path(sys.executable))
         entry = install.install_autostart(Path(sys.executable), {})
@@ -141,11 +142,7 @@ def flatpak_session(tmp_path_factory: pytest.TempPathFactory):
         from core.client import Client
 
         Client(autostart=False, timeout=10).shutdown()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        host.undo()
 
 
 def test_flatpak_gimp_stylizes_and_upscales_through_a_server_outside(flatpak_session) -> None:
@@ -209,8 +206,9 @@ def spawn_session(tmp_path_factory: pytest.TempPathFactory):
         "IMPASTO_CONFIG_DIR": str(work / "host-config" / "impasto"),
         "IMPASTO_LOG_DIR": str(work / "log"),
     }
-    saved = {k: os.environ.get(k) for k in host_env}
-    os.environ.update(host_env)
+    host = pytest.MonkeyPatch()  # the host side's environment, undone at the end
+    for key, value in host_env.items():
+        host.setenv(key, value)
     from core.client import Client
 
     try:
@@ -239,11 +237,7 @@ def spawn_session(tmp_path_factory: pytest.TempPathFactory):
         yield out, results, image, models, server_root
     finally:
         Client(autostart=False, timeout=10).shutdown()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        host.undo()
 
 
 def test_flatpak_gimp_with_permission_starts_the_server_outside(spawn_session) -> None:

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
 import time
 
 from core.modelfile import load_model, read_info
 from core.registry import list_models
-from tests.trainer.test_cli import REPO, tiny_args
+from tests.trainer.test_cli import ctrl_c_at, tiny_args
 from trainer.budget import TimeBudget
 from trainer.checkpoint import load_checkpoint
 from trainer.cli import build_parser, config_from_args, main
@@ -77,15 +74,7 @@ def test_ctrl_c_under_a_budget_also_writes_the_model_so_far(tmp_path, photos, pa
     args = [sys.executable, "-m", "trainer", "style", "--style-image", str(painting), "--name", "b"]
     args += ["--output", str(tmp_path / "b.impasto"), "--width", "compact"]
     args += tiny_args(tmp_path, photos, "--minutes", "5")
-    process = subprocess.Popen(
-        args, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
-    for line in process.stdout:
-        if line.startswith("step 3/"):
-            os.killpg(process.pid, signal.SIGINT)
-            break
-    out, err = process.communicate(timeout=120)
+    _, out, err = ctrl_c_at(args, "step 3/")
     assert "Traceback" not in err, err
     stopped_at = load_checkpoint(tmp_path / "run")["step"]  # and it can still be resumed
     assert stopped_at >= 3 and "model written" in out

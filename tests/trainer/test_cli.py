@@ -131,22 +131,29 @@ def test_sr_command_checks_the_crop_fits_the_scale(tmp_path, photos, capsys):
 
 
 @pytest.mark.slow
+def ctrl_c_at(args: list[str], line_start: str) -> tuple[int, str, str]:
+    """Run a trainer command and press Ctrl-C (SIGINT to its process group) at the first output
+    line that starts with ``line_start``; its exit code, stdout and stderr."""
+    process = subprocess.Popen(
+        args, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    for line in process.stdout:
+        if line.startswith(line_start):
+            os.killpg(process.pid, signal.SIGINT)
+            break
+    out, err = process.communicate(timeout=120)
+    return process.returncode, out, err
+
+
 def test_ctrl_c_checkpoints_and_resume_finishes(tmp_path, photos, painting):
     """A real SIGINT (as Ctrl-C sends to the whole process group, decoding workers included)."""
     args = [sys.executable, "-m", "trainer", "style", "--style-image", str(painting), "--name", "c"]
     args += ["--output", str(tmp_path / "c.impasto"), "--width", "compact"]
     args += tiny_args(tmp_path, photos, "--workers", "1", "--steps", "1000")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(
-        args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True,
-    )  # fmt: skip
-    for line in process.stdout:
-        if line.startswith("step 2/"):
-            os.killpg(process.pid, signal.SIGINT)
-            break
-    out, err = process.communicate(timeout=120)
-    assert process.returncode == 1, err
+    returncode, out, err = ctrl_c_at(args, "step 2/")
+    assert returncode == 1, err
     assert "--resume" in out and "Traceback" not in err
     stopped_at = load_checkpoint(tmp_path / "run")["step"]
     assert stopped_at >= 2 and not (tmp_path / "c.impasto").exists()
