@@ -106,12 +106,18 @@ def random_crop(
 ) -> Image.Image:
     """A ``size`` square crop; ``resize`` first scales the shorter side to ``size`` (else only if smaller)."""
     image = _cover(image, size, resize)
-    left = rng.randint(0, image.width - size)
-    top = rng.randint(0, image.height - size)
+    left, top, mirrored = _crop_draw(image.width, image.height, size, rng, flip)
     image = image.crop((left, top, left + size, top + size))
-    if flip and rng.random() < 0.5:
-        image = image.transpose(Image.FLIP_LEFT_RIGHT)
-    return image
+    return image.transpose(Image.FLIP_LEFT_RIGHT) if mirrored else image
+
+
+def _crop_draw(
+    width: int, height: int, size: int, rng: random.Random, flip: bool = True
+) -> tuple[int, int, bool]:
+    """A random crop's (left, top, mirrored): the draws random_crop makes, in its order."""
+    left = rng.randint(0, width - size)
+    top = rng.randint(0, height - size)
+    return left, top, flip and rng.random() < 0.5
 
 
 def center_crop(path: Path, size: int, resize: bool) -> torch.Tensor:
@@ -168,10 +174,9 @@ class PhotoCrops(Dataset):
             cover = _cover(open_rgb(path), self.size, self.resize)
             self._kept[path] = to_tensor(cover).to(self.resident)
         image = self._kept[path]
-        left = rng.randint(0, image.shape[2] - self.size)
-        top = rng.randint(0, image.shape[1] - self.size)
+        left, top, mirrored = _crop_draw(image.shape[2], image.shape[1], self.size, rng)
         crop = image[:, top : top + self.size, left : left + self.size]
-        return crop.flip(2) if rng.random() < 0.5 else crop
+        return crop.flip(2) if mirrored else crop
 
 
 class ResumableSampler(Sampler):

@@ -203,8 +203,6 @@ def _train(config, resume, stop, on_step, device, cluster, stopper, run_started)
     if config.compile:
         model, loss_fn = torch.compile(model), torch.compile(loss_fn)
 
-    resident = config.resident
-
     def batches_from(start: int):
         """Batches from step ``start`` on, cropped at that step's size (the crop schedule)."""
         sampler = ResumableSampler(
@@ -212,13 +210,16 @@ def _train(config, resume, stop, on_step, device, cluster, stopper, run_started)
         )
         loader = DataLoader(
             PhotoCrops(
-                photos, config.crop_size(start), task.resize_crops, device if resident else None
+                photos,
+                config.crop_size(start),
+                task.resize_crops,
+                device if config.resident else None,
             ),
             batch_size=config.batch_size,
             sampler=sampler,
-            num_workers=0 if resident else config.workers,
-            pin_memory=device.type == "cuda" and not resident,
-            persistent_workers=config.workers > 0 and not resident,
+            num_workers=0 if config.resident else config.workers,
+            pin_memory=device.type == "cuda" and not config.resident,
+            persistent_workers=config.workers > 0 and not config.resident,
             worker_init_fn=ignore_interrupts,
         )
         return iter(loader)
