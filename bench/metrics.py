@@ -75,3 +75,41 @@ def palette_distance(image: np.ndarray, painting: np.ndarray, projections: int =
     return float(
         np.abs(np.quantile(a, quantiles, axis=0) - np.quantile(b, quantiles, axis=0)).mean()
     )
+
+
+def flat_spectrum(
+    image: np.ndarray, truth: np.ndarray, tile: int = 32, flat: float = 3.0
+) -> np.ndarray:
+    """Summed Hann-windowed power spectra of the result's Y over the ``tile``-px tiles where the
+    ground truth is flat (Y std below ``flat`` levels): where an upsampling grid shows."""
+    y, t = rgb_to_y(image), rgb_to_y(truth)
+    window = np.outer(np.hanning(tile), np.hanning(tile))
+    power = np.zeros((tile, tile))
+    for top in range(0, y.shape[0] - tile + 1, tile):
+        for left in range(0, y.shape[1] - tile + 1, tile):
+            if t[top : top + tile, left : left + tile].std() < flat:
+                patch = y[top : top + tile, left : left + tile]
+                power += np.abs(np.fft.fft2((patch - patch.mean()) * window)) ** 2
+    return power
+
+
+def grid_peak(power: np.ndarray, period: int = 4) -> float:
+    """Power at the harmonics of 1/``period`` (an x4 network's upsampling grid) over the power 2-3
+    bins around them, in a :func:`flat_spectrum` (summed over images): ~1 means no grid."""
+    tile = power.shape[0]
+    step = tile // period
+    peaks, around = 0.0, 0.0
+    for u in range(0, tile, step):
+        for v in range(0, tile, step):
+            if u == v == 0:
+                continue
+            peaks += power[u, v]
+            around += np.mean(
+                [
+                    power[(u + du) % tile, (v + dv) % tile]
+                    for du in range(-3, 4)
+                    for dv in range(-3, 4)
+                    if max(abs(du), abs(dv)) >= 2
+                ]
+            )
+    return float(peaks / around) if around else float("nan")

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.gatys import optimise  # noqa: E402
-from bench.metrics import psnr_y, ssim_y  # noqa: E402
+from bench.metrics import flat_spectrum, grid_peak, psnr_y, ssim_y  # noqa: E402
 from core.engine import Engine  # noqa: E402
 from core.modelfile import ModelInfo, load_model  # noqa: E402
 from core.registry import SHIPPED_DIR  # noqa: E402
@@ -179,13 +179,18 @@ def style_pictures(data: Path, out: Path, old: Path | None) -> None:
     contact_sheet([torch.cat(column) for column in zip(*gallery, strict=True)], out / "gallery.png")
 
 
-def evaluate_sr(data: Path, out: Path, sets: list[str]) -> None:
-    """PSNR/SSIM table for bicubic and each shipped SR model; a crop comparison picture."""
+def evaluate_sr(data: Path, out: Path, sets: list[str], extra: list[Path]) -> None:
+    """PSNR/SSIM table for bicubic, each shipped SR model and each ``extra`` model file, with the
+    upsampling-grid peak on flat regions (bench.metrics.grid_peak); a crop comparison picture."""
     engine = Engine(device="cpu", backend="torch", precision="fp32")
-    models = [info.name for _, info in shipped("sr")]
-    print("| set | " + " | ".join(["bicubic", *models]) + " |\n|---|" + "---|" * (len(models) + 1))
+    models: dict[str, str | Path] = {info.name: info.name for _, info in shipped("sr")}
+    models.update({f"{p.stem} (new)": p for p in extra})
+    names = ["bicubic", *models]
+    print("| set | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
+    grids = []
     for name in sets:
-        scores: dict[str, list[tuple[float, float]]] = {m: [] for m in ["bicubic", *models]}
+        scores: dict[str, list[tuple[float, float]]] = {m: [] for m in names}
+        spectra = dict.fromkeys(names, 0.0)
         pairs = sorted((data / "sr" / "eval" / name / "HR").glob("*.png"))
         if not pairs:
             sys.exit(f"no {name} images in {data}/sr/eval: pass --data or set IMPASTO_DATA")
@@ -193,10 +198,11 @@ def evaluate_sr(data: Path, out: Path, sets: list[str]) -> None:
             truth = np.asarray(Image.open(hr_path).convert("RGB"))
             low = Image.open(hr_path.parent.parent / "LR_x4" / hr_path.name).convert("RGB")
             results = {"bicubic": np.asarray(low.resize(truth.shape[1::-1], Image.BICUBIC))}
-            for m in models:
-                results[m] = engine.upscale(m, np.asarray(low))
+            for m, model in models.items():
+                results[m] = engine.upscale(model, np.asarray(low))
             for m, image in results.items():
                 scores[m].append((psnr_y(image, truth), ssim_y(image, truth)))
+                spectra[m] = spectra[m] + flat_spectrum(image, truth)
             if name == "Set14" and hr_path.name == "img_005.png":
                 _sr_picture(results, truth, out / "sr-comparison.png")
         cells = [
@@ -204,6 +210,8 @@ def evaluate_sr(data: Path, out: Path, sets: list[str]) -> None:
             for v in scores.values()
         ]
         print(f"| {name} ({len(pairs)}) | " + " | ".join(cells) + " |")
+        grids.append(f"| {name} grid peak | " + " | ".join(f"{grid_peak(s):.2f}" for s in spectra.values()) + " |")  # fmt: skip
+    print("\n".join(grids))
 
 
 def _sr_picture(results: dict[str, np.ndarray], truth: np.ndarray, path: Path, crop: int = 128):
@@ -232,6 +240,9 @@ def main() -> None:
         "--old", type=Path, help="also judge the style models in this folder (before/after)"
     )
     p.add_argument("--sets", default="Set5,Set14,BSD100", help="SR evaluation sets")
+    p.add_argument(
+        "--sr-models", type=Path, nargs="*", default=[], help="also judge these SR model files"
+    )
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads")
     p.add_argument("--skip-style", action="store_true")
     p.add_argument("--skip-sr", action="store_true")
@@ -242,7 +253,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     if not args.skip_sr:
-        evaluate_sr(args.data, args.out, args.sets.split(","))
+        evaluate_sr(args.data, args.out, args.sets.split(","), args.sr_models)
     if not args.skip_style:
         style_pictures(args.data, args.out, args.old)
         iters = [int(n) for n in args.iterations.split(",")]

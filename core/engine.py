@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from core.modelfile import ModelFileError, ModelInfo, read_info
-from core.netspec import SR_RECEPTIVE_RADIUS, STYLE_WIDTHS
+from core.netspec import STYLE_WIDTHS, sr_margin
 from core.ovruntime import OpenVINORunner, RuntimeCancelled, openvino_available, openvino_supports
 from core.registry import model_path
 from core.resize import resize as _resize
@@ -42,7 +42,7 @@ THUMBNAIL_SIDE = 768  # longest side of the thumbnail whose statistics every til
 # Tile edges inside the image: ``margin`` input pixels are dropped (their context is cut off),
 # then ``blend`` pixels ramp linearly into the neighbour. SR tiles are exact past its receptive field.
 STYLE_MARGIN, STYLE_BLEND = 32, 32
-SR_MARGIN, SR_BLEND = SR_RECEPTIVE_RADIUS, 8
+SR_MARGIN, SR_BLEND = sr_margin({}), 8  # the margin of the default network; per model: sr_margin
 SR_MIN_INPUT_TILE = 64
 # Tile lengths round up to these multiples. Style tiles compile once per image anyway (its
 # statistics are constants in the compiled model), so fine steps save compute (8 runs as fast as
@@ -90,6 +90,7 @@ class _Loaded:
     runner: TorchRunner | OpenVINORunner
     has_norm: bool
     tile_size: int
+    margin: int  # tile context in input pixels (the style network's, or the x4 network's)
 
 
 class Engine:
@@ -306,7 +307,9 @@ class Engine:
 
             def attempt(tile: int) -> np.ndarray:
                 runner = loaded.runner  # a TorchRunner: resident jobs need the torch backend
-                spec = _resident().Job(runner, loaded.has_norm, tile, progress, cancel, phase)
+                spec = _resident().Job(
+                    runner, loaded.has_norm, loaded.margin, tile, progress, cancel, phase
+                )
                 return job(spec, color)
 
             out = self._retrying(loaded, attempt)
@@ -345,7 +348,10 @@ class Engine:
                 raise EngineError(str(e)) from None
             runner = TorchRunner(net, self.device, self.precision, self.compile_mode)
             has_norm = bool(norm_layers(net))
-        self._models[path] = _Loaded(stamp, info, runner, has_norm, self._tile_size_for(info))
+        margin = STYLE_MARGIN if has_norm else sr_margin(info.options)
+        self._models[path] = _Loaded(
+            stamp, info, runner, has_norm, self._tile_size_for(info), margin
+        )
         self._models.move_to_end(path)
         while len(self._models) > MODEL_CACHE_SIZE:
             self._models.popitem(last=False)
@@ -445,13 +451,7 @@ def _run_tiled(
 ) -> np.ndarray:
     runner = loaded.runner
     h, w = rgb.shape[:2]
-    if loaded.has_norm:
-        margin, blend, align, multiple = STYLE_MARGIN, STYLE_BLEND, 4, STYLE_TILE_MULTIPLE
-        in_tile = tile
-    else:
-        margin, blend, align, multiple = SR_MARGIN, SR_BLEND, 1, SR_TILE_MULTIPLE
-        in_tile = max(tile // scale, SR_MIN_INPUT_TILE)
-    in_tile -= in_tile % align
+    margin, blend, align, multiple, in_tile = tile_plan(loaded.has_norm, loaded.margin, tile, scale)
     # The style network halves the size twice: pad like it does, to a multiple of 4.
     ph, pw = h + -h % align, w + -w % align
     no_stats = np.zeros((2, 0), np.float32)
@@ -558,6 +558,15 @@ def _thumbnail_stats(
     thumbnail = _resize(rgb, (round(h * factor), round(w * factor))) if factor < 1 else rgb
     # The runner keeps this shape compiled (~0.1 GB): images of the same aspect ratio reuse it.
     return runner.run_stats(_batch(_pad_to(thumbnail, 4)), cancel)
+
+
+def tile_plan(has_norm: bool, margin: int, tile: int, scale: int) -> tuple[int, int, int, int, int]:
+    """(margin, blend, align, multiple, input tile side) for tiling a network of either kind."""
+    if has_norm:
+        return margin, STYLE_BLEND, 4, STYLE_TILE_MULTIPLE, tile - tile % 4
+    # At least two overlaps wide, so a deep network's wide margin still leaves a centre.
+    in_tile = max(tile // scale, SR_MIN_INPUT_TILE, 4 * margin + 2 * SR_BLEND)
+    return margin, SR_BLEND, 1, SR_TILE_MULTIPLE, in_tile
 
 
 def _plan_axis(

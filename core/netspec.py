@@ -6,8 +6,13 @@ from __future__ import annotations
 # (the original author's released instance-norm models).
 STYLE_WIDTHS = {"full": 32, "compact": 16}
 
-# Context a tile needs on each side (input pixels) for its centre to equal the whole-image result.
-SR_RECEPTIVE_RADIUS = 16
+SR_DEFAULT_BLOCKS = 4  # residual blocks of the x4 network unless its model file says otherwise
+
+
+def sr_margin(options: dict) -> int:
+    """Context an x4 tile needs on each side (input pixels) for its centre to equal the whole-image
+    result: the receptive radius (9x9 head 4, 2 per residual block, the upsampling tail < 3)."""
+    return 8 + 2 * int(options.get("blocks", SR_DEFAULT_BLOCKS))
 
 
 # Bounds on what a model file may ask for, checked before anything is built: a tiny file must not

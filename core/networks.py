@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.netspec import STYLE_WIDTHS
+from core.netspec import SR_DEFAULT_BLOCKS, STYLE_WIDTHS
 
 
 class InstanceNorm(nn.Module):
@@ -114,7 +114,7 @@ class SRNet(nn.Module):
 
     scale = 4
 
-    def __init__(self, channels: int = 64, blocks: int = 4) -> None:
+    def __init__(self, channels: int = 64, blocks: int = SR_DEFAULT_BLOCKS) -> None:
         super().__init__()
         self.conv_in = ConvLayer(3, channels, 9)
         self.res = nn.Sequential(*(ResidualBlock(channels, norm=False) for _ in range(blocks)))

@@ -33,6 +33,7 @@ class Job:
 
     runner: TorchRunner
     has_norm: bool
+    margin: int  # tile context in input pixels
     tile: int
     progress: e.Progress | None
     cancel: threading.Event | None
@@ -132,13 +133,7 @@ def run_tiled(job: Job, source: torch.Tensor, convert: Convert, scale: int, sink
     """The network over ``source`` (1, C, H, W), each tile made network input by ``convert``;
     bands of the blended output, cropped to the image, go to ``sink`` top to bottom."""
     h, w = source.shape[-2:]
-    if job.has_norm:
-        margin, blend, align, multiple = e.STYLE_MARGIN, e.STYLE_BLEND, 4, e.STYLE_TILE_MULTIPLE
-        in_tile = job.tile
-    else:
-        margin, blend, align, multiple = e.SR_MARGIN, e.SR_BLEND, 1, e.SR_TILE_MULTIPLE
-        in_tile = max(job.tile // scale, e.SR_MIN_INPUT_TILE)
-    in_tile -= in_tile % align
+    margin, blend, align, multiple, in_tile = e.tile_plan(job.has_norm, job.margin, job.tile, scale)
     ph, pw = h + -h % align, w + -w % align
     report = job.progress or (lambda done, total: None)
     enter = job.phase or (lambda name: None)

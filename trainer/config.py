@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,6 +11,7 @@ from trainer.lossnets import LOSS_NETWORKS
 
 DEFAULT_LOSS_NETWORK = "mobilenet_v2"  # installed with Impasto and works offline
 _DEFAULTS = LOSS_NETWORKS[DEFAULT_LOSS_NETWORK]
+LR_FLOOR = 0.01  # the cosine schedule ends at 1% of the learning rate
 
 
 @dataclass
@@ -34,6 +36,8 @@ class TrainConfig:
     # ``steps`` is their upper limit. 0: train exactly ``steps``.
     minutes: float = 0.0
     lr: float = 1e-3
+    lr_schedule: str = "constant"  # or "cosine": down to LR_FLOOR x lr at the last step
+    init_model: str = ""  # a model file whose weights the network starts from ("": random)
     loss_network: str = DEFAULT_LOSS_NETWORK
     loss_weights: str | None = None
     content_weight: float = _DEFAULTS.content_weight
@@ -48,6 +52,8 @@ class TrainConfig:
     scale: int = 4
     degradation: str = "paper"
     blur_sigma: float = 1.0
+    sr_channels: int = 64
+    sr_blocks: int = 4
     device: str = "auto"
     amp: bool = False
     compile: bool = False
@@ -67,13 +73,20 @@ class TrainConfig:
     RESUMABLE_CHANGES = (
         "steps", "output", "device", "workers", "checkpoint_every", "log_every", "preview_every",
         "display_name", "description", "credit", "command", "compile", "loss_weights", "dataset",
-        "final_image_size", "final_steps", "resident", "minutes",
+        "final_image_size", "final_steps", "resident", "minutes", "init_model",
     )  # fmt: skip
 
     def crop_size(self, step: int) -> int:
         """The training crop size for ``step`` (0-based) under the crop schedule."""
         late = self.final_image_size and step >= self.steps - self.final_steps
         return self.final_image_size if late else self.image_size
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate for ``step`` (0-based) under ``lr_schedule``."""
+        if self.lr_schedule != "cosine" or self.steps <= 1:
+            return self.lr
+        done = min(1.0, step / (self.steps - 1))
+        return self.lr * (LR_FLOOR + (1 - LR_FLOOR) * 0.5 * (1 + math.cos(math.pi * done)))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values only (safe for weights-only checkpoints and JSON)."""

@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from core.modelfile import ModelFileError
 from core.phased import phased
 from trainer.budget import TimeBudget
 from trainer.checkpoint import CHECKPOINT_NAME, export_model, load_checkpoint, save_checkpoint
@@ -25,7 +26,7 @@ from trainer.data import PhotoCrops, ResumableSampler, center_crop, find_photos,
 from trainer.distributed import Cluster
 from trainer.lossnets import load_loss_network
 from trainer.monitor import LossLog, Progress, contact_sheet, draw_loss_curve
-from trainer.tasks import make_task
+from trainer.tasks import make_task, start_from
 
 PREVIEW_PHOTOS = 4
 
@@ -188,7 +189,13 @@ def _train(config, resume, stop, on_step, device, cluster, stopper, run_started)
     loss_fn = task.loss.to(device)
 
     torch.manual_seed(config.seed)
-    net = task.network().to(device)
+    net = task.network()
+    if config.init_model and state is None:
+        try:
+            start_from(net, config.init_model)
+        except (ModelFileError, ValueError) as e:
+            raise TrainingError(f"--init-model: {e}") from None
+    net = net.to(device)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr)
     step, elapsed, losses = 0, 0.0, {}
     if state is not None:
@@ -299,6 +306,8 @@ def _train(config, resume, stop, on_step, device, cluster, stopper, run_started)
                 print(f"step {step}: crops now {config.crop_size(step)} px", flush=True)
         photos_batch = next(batches).to(device, non_blocking=True)
         images = photos_batch.float().div(255).contiguous(memory_format=layout)
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr_at(step)
         terms = training_step(
             model, loss_fn, optimizer, *task.inputs_and_targets(images), config.amp
         )

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
+from core.modelfile import load_model
 from core.networks import build_network
 from trainer.config import TrainConfig
 from trainer.data import load_style_image
@@ -33,8 +37,11 @@ def degrade(
     """Low-resolution inputs from high-resolution images.
 
     "paper": Gaussian blur (sigma) then bicubic downsampling, as Johnson et al.; "matlab":
-    antialiased bicubic, like MATLAB's imresize that made the standard benchmarks' LR images.
+    antialiased bicubic, like MATLAB's imresize that made the standard benchmarks' LR images;
+    "photo": what real photos went through (see :func:`degrade_like_photos`).
     """
+    if method == "photo":
+        return degrade_like_photos(hr, scale)
     if method == "paper":
         blurred = gaussian_blur(hr, sigma) if sigma > 0 else hr
         lr = F.interpolate(blurred, scale_factor=1 / scale, mode="bicubic", align_corners=False)
@@ -43,8 +50,43 @@ def degrade(
             hr, scale_factor=1 / scale, mode="bicubic", align_corners=False, antialias=True
         )
     else:
-        raise ValueError(f"unknown degradation {method!r}: expected 'paper' or 'matlab'")
+        raise ValueError(f"unknown degradation {method!r}: expected 'paper', 'matlab' or 'photo'")
     return lr.clamp(0, 1)
+
+
+# Per image, as real-world upscalers train (Real-ESRGAN's first stage, milder): a lens/focus blur,
+# downscaling, sensor noise on half the images, JPEG on most. Drawn from torch's RNG, which
+# checkpoints keep, so a resumed run degrades exactly as an uninterrupted one.
+PHOTO_BLUR = (0.2, 1.6)  # Gaussian sigma, HR pixels
+PHOTO_NOISE = (1.0, 8.0)  # Gaussian sigma, 8-bit levels, on half the images
+PHOTO_JPEG = (40, 92)  # JPEG quality, on 3 of 4 images
+
+
+def degrade_like_photos(hr: torch.Tensor, scale: int) -> torch.Tensor:
+    """Low-resolution inputs like phone photos and web JPEGs: blur, downscale, noise, JPEG."""
+
+    def uniform(bounds: tuple[float, float]) -> float:
+        return bounds[0] + (bounds[1] - bounds[0]) * float(torch.rand(()))
+
+    out = []
+    for image in hr:
+        x = gaussian_blur(image[None], uniform(PHOTO_BLUR))
+        x = F.interpolate(x, scale_factor=1 / scale, mode="bicubic", antialias=True).clamp(0, 1)
+        if torch.rand(()) < 0.5:
+            x = (x + torch.randn_like(x) * uniform(PHOTO_NOISE) / 255).clamp(0, 1)
+        if torch.rand(()) < 0.75:
+            x = jpeg_roundtrip(x[0], round(uniform(PHOTO_JPEG)))[None]
+        out.append(x)
+    return torch.cat(out)
+
+
+def jpeg_roundtrip(image: torch.Tensor, quality: int) -> torch.Tensor:
+    """An RGB image in [0, 1] (C, H, W) saved as JPEG at ``quality`` and read back."""
+    pixels = image.detach().float().mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=quality)
+    decoded = np.asarray(Image.open(buffer).convert("RGB"), dtype=np.float32) / 255
+    return torch.from_numpy(decoded).permute(2, 0, 1).to(image.device, image.dtype)
 
 
 class StyleTask:
@@ -89,7 +131,10 @@ class SRTask:
 
     def __init__(self, config: TrainConfig, lossnet: LossNetwork | None) -> None:
         self.config = config
-        self.options: dict[str, object] = {}
+        self.options: dict[str, object] = {
+            "channels": config.sr_channels,
+            "blocks": config.sr_blocks,
+        }
         self.loss = SRLoss(
             config.sr_loss, lossnet, config.content_weight, config.tv_weight, config.pixel_weight
         )
@@ -108,6 +153,24 @@ class SRTask:
         low, _ = self.inputs_and_targets(photos)
         bicubic = F.interpolate(low, scale_factor=self.config.scale, mode="bicubic")
         return [bicubic.clamp(0, 1), net(low).clamp(0, 1), photos]
+
+
+def start_from(net: nn.Module, path: str) -> nn.Module:
+    """Copy a model file's weights into ``net``; residual blocks the file lacks start as the
+    identity (their last layer zero), so a deeper network begins exactly where the file was."""
+    source, _ = load_model(path)
+    own, given = net.state_dict(), source.state_dict()
+    clash = [k for k, v in given.items() if k not in own or own[k].shape != v.shape]
+    if clash:
+        raise ValueError(
+            f"{path} is a different network ({', '.join(clash[:3])} do not fit): start from a "
+            "model of the same architecture and width"
+        )
+    for key in own.keys() - given.keys():
+        if key.startswith("res.") and (".conv2." in key or ".in2." in key):
+            own[key] = torch.zeros_like(own[key])
+    net.load_state_dict({**own, **given})
+    return net
 
 
 def make_task(config: TrainConfig, lossnet: LossNetwork | None) -> StyleTask | SRTask:

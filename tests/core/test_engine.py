@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from core import engine as engine_module
 from core.engine import TILE_SIZE, Cancelled, Engine, EngineError, StyleOptions
-from core.modelfile import load_model
+from core.modelfile import ModelInfo, load_model, save_model
 from core.ovruntime import RuntimeCancelled, openvino_available
 from core.registry import UnknownModelError
 from core.runtime import FrozenStats, LiveStats
@@ -246,6 +246,22 @@ def test_upscale_tiles_are_exact(models_dir, torch_engine):
     image = textured(72, 96)
     whole = torch_engine.upscale("sr", image)
     tiled = Engine(device="cpu", backend="torch", tile_size=256).upscale("sr", image)
+    assert np.abs(whole - tiled).max() < 1e-5
+
+
+def test_a_deeper_upscaler_gets_wider_tile_margins(models_dir, torch_engine):
+    # 12 residual blocks see ~30 input pixels around each pixel: the default network's 16-pixel
+    # margin would cut context off and leave seams.
+    net = load_model(make_model(models_dir, "sr-deep", kind="sr", blocks=12))[0]
+    with torch.no_grad():  # trained blocks are stronger than fresh ones: make distant pixels count
+        for block in net.res:
+            block.conv1[1].weight.mul_(2)
+            block.conv2[1].weight.mul_(2)
+    info = ModelInfo(name="sr-deep", kind="sr", arch="sr", options={"blocks": 12})
+    save_model(models_dir / "sr-deep.impasto", net, info, half=False)
+    image = textured(200, 260)
+    whole = torch_engine.upscale("sr-deep", image)
+    tiled = Engine(device="cpu", backend="torch", tile_size=512).upscale("sr-deep", image)
     assert np.abs(whole - tiled).max() < 1e-5
 
 

@@ -9,6 +9,7 @@ import torch
 
 from tests.trainer.conftest import make_photos
 from trainer.data import DataError, PhotoCrops, ResumableSampler, find_photos, load_style_image
+from trainer.tasks import degrade, jpeg_roundtrip
 
 
 def test_corrupt_photos_are_skipped_and_counted(tmp_path):
@@ -81,3 +82,24 @@ def test_resident_photos_give_the_same_crops_as_decoding_each_time(tmp_path):
         for item in items:
             assert torch.equal(decoded[item], kept[item]), (resize, item)
         assert len(kept._kept) == 4  # each photo decoded once
+
+
+def test_photo_degradations_are_mild_random_and_repeat_under_a_seed():
+    y, x = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    hr = (0.5 + 0.4 * torch.sin(x / 5) * torch.cos(y / 7)).expand(4, 3, 64, 64).contiguous()
+    clean = degrade(hr, 4, "matlab")
+    torch.manual_seed(0)
+    first = degrade(hr, 4, "photo")
+    torch.manual_seed(0)
+    again = degrade(hr, 4, "photo")
+    assert first.shape == clean.shape and torch.equal(first, again)  # resumable: torch's RNG
+    assert 0 <= first.min() and first.max() <= 1
+    # Each image got its own blur, noise and JPEG: close to the clean input, not equal to it.
+    errors = (first - clean).abs().mean(dim=(1, 2, 3))
+    assert (errors > 0.002).all() and (errors < 0.08).all() and errors.std() > 0
+
+
+def test_jpeg_quality_sets_how_much_is_lost():
+    image = torch.rand(3, 32, 32)
+    lost = [(jpeg_roundtrip(image, q) - image).abs().mean() for q in (30, 60, 95)]
+    assert lost[0] > lost[1] > lost[2] > 0

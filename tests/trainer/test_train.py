@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import os
 import shutil
 import subprocess
@@ -128,6 +129,42 @@ def test_sr_training_writes_an_x4_model(tmp_path, photos, loss):
     net, info = load_model(result.model_path)
     assert info.kind == "sr" and info.training["settings"]["sr_loss"] == loss
     assert net(torch.rand(1, 3, 8, 10)).shape == (1, 3, 32, 40)
+
+
+def test_a_deeper_network_fine_tuned_from_a_model_starts_exactly_where_it_was(tmp_path, photos):
+    shallow = train(tiny_config(tmp_path / "a", photos, None, task="sr", sr_loss="pixel"))
+    source, _ = load_model(shallow.model_path)
+    deeper = tiny_config(
+        tmp_path / "b", photos, None, task="sr", sr_loss="pixel", sr_blocks=7, steps=0,
+        init_model=str(shallow.model_path),
+    )  # fmt: skip
+    started = train(deeper).net.float()
+    assert len(started.res) == 7
+    low = torch.rand(1, 3, 12, 16)
+    with torch.no_grad():
+        assert torch.allclose(started(low), source(low), atol=1e-5)  # new blocks: the identity
+    # And training goes on from there, with the cosine schedule, to a listed deeper model.
+    tuned = train(tiny_config(
+        tmp_path / "c", photos, None, task="sr", sr_loss="pixel", sr_blocks=7, steps=4,
+        init_model=str(shallow.model_path), lr_schedule="cosine",
+    ))  # fmt: skip
+    net, info = load_model(tuned.model_path)
+    assert len(net.res) == 7 and info.options["blocks"] == 7
+
+
+def test_fine_tuning_from_another_network_says_so(tmp_path, photos, painting):
+    style = train(tiny_config(tmp_path / "a", photos, painting))
+    config = tiny_config(tmp_path / "b", photos, None, task="sr", init_model=str(style.model_path))
+    with pytest.raises(TrainingError, match="--init-model: .*different network.*same architecture"):
+        train(config)
+
+
+def test_cosine_schedule_runs_from_the_rate_down_to_one_percent(tmp_path, photos):
+    config = tiny_config(tmp_path, photos, None, lr=1e-3, steps=101, lr_schedule="cosine")
+    rates = [config.lr_at(s) for s in range(101)]
+    assert rates[0] == pytest.approx(1e-3) and rates[-1] == pytest.approx(1e-5)
+    assert all(a > b for a, b in itertools.pairwise(rates))
+    assert tiny_config(tmp_path, photos, None).lr_at(5) == 0.01  # constant: the paper's
 
 
 @pytest.fixture
