@@ -2,6 +2,7 @@
 arbitrary-style network) in its painting-as-style mode: pictures and palette distances.
 
     python bench/style_peer.py [--models a,b] [--data DIR] [--out docs] [--peer-venv DIR]
+    python bench/style_peer.py --models starry-night+quick.impasto   # two of ours on one sheet
 
 The peer is installed by this script into a scratch virtual environment (default
 ~/.cache/impasto/peer-venv; never a dependency of Impasto). Per style it writes
@@ -66,13 +67,15 @@ def painting_of(model: Path, data: Path) -> Path:
     return data / "styles" / Path(settings["style_image"]).name
 
 
+def model_file(name: str) -> Path:
+    """A model file from a shipped model's name or a path."""
+    return Path(name) if name.endswith(".impasto") else SHIPPED_DIR / f"{name}.impasto"
+
+
 def models_from(option: str | None) -> list[Path]:
     """Model files from a comma-separated list of names or paths; default the shipped styles."""
     if option:
-        return [
-            Path(m) if m.endswith(".impasto") else SHIPPED_DIR / f"{m}.impasto"
-            for m in option.split(",")
-        ]
+        return [model_file(m) for m in option.split(",")]
     return [p for p in sorted(SHIPPED_DIR.glob("*.impasto")) if not p.name.startswith("sr-")]
 
 
@@ -102,7 +105,12 @@ def main() -> None:
         sys.exit(
             f"held-out photos not found under {data}/sr/eval/BSD100/HR: set IMPASTO_DATA or --data"
         )
-    models = models_from(args.models)
+    # "a+b": models of one painting side by side on one sheet (e.g. a quick model and the shipped).
+    groups = (
+        [[model_file(m) for m in group.split("+")] for group in args.models.split(",")]
+        if args.models
+        else [[m] for m in models_from(None)]
+    )
     python = peer_python(args.peer_venv)
     engine = Engine()
     summary = []  # each model's row on the coffee photo: OUT/peer-summary.png
@@ -120,33 +128,39 @@ def main() -> None:
         Image.open(REPO / "docs" / "sample-coffee.jpg").convert("RGB").resize(
             BIG, Image.LANCZOS
         ).save(big)
-        for model in models:
-            painting_path = painting_of(model, data)
+        for models in groups:
+            painting_path = painting_of(models[0], data)
             painting = load_rgb(painting_path, SHORTER)
-            rows, ours_d, peer_d = [], [], []
+            rows, peer_d = [], []
+            ours_d: list[list[float]] = [[] for _ in models]
             for photo in photos:
                 pixels = np.asarray(Image.open(photo))
-                ours = engine.stylize(model, pixels)
+                ours = [engine.stylize(model, pixels) for model in models]
                 theirs = run_peer(python, photo, painting_path, folder / "peer.png")
-                ours_d.append(palette_distance(ours, painting))
+                for distances, result in zip(ours_d, ours, strict=True):
+                    distances.append(palette_distance(result, painting))
                 peer_d.append(palette_distance(theirs, painting))
-                rows.append(labelled_row("", [pixels, painting, ours, theirs], SHORTER))
+                rows.append(labelled_row("", [pixels, painting, *ours, theirs], SHORTER))
             if not args.no_big:
                 pixels = np.asarray(Image.open(big))
                 y, x = (BIG[1] - CROP) // 2, (BIG[0] - CROP) // 2
                 crops = [
                     pixels[y : y + CROP, x : x + CROP],
-                    engine.stylize(model, pixels)[y : y + CROP, x : x + CROP],
+                    *(engine.stylize(m, pixels)[y : y + CROP, x : x + CROP] for m in models),
                     run_peer(python, big, painting_path, folder / "peer.png")[
                         y : y + CROP, x : x + CROP
                     ],
                 ]
                 rows.append(labelled_row("12 MP, 1:1 crops: photo | Impasto | peer", crops, CROP))
-            name = model.stem
-            save_sheet([labelled_row(f"{name}: photo | painting | Impasto | peer", [], 16), *rows],
+            name = "+".join(m.stem for m in models)
+            save_sheet([labelled_row(f"{' | '.join(['photo', 'painting', *(m.stem for m in models), 'peer'])}", [], 16), *rows],
                        args.out / f"peer-{name}.png")  # fmt: skip
             summary.append(labelled_row(name, [np.asarray(rows[1])], 120))
-            print(f"| {name} | {np.mean(ours_d):.1f} | {np.mean(peer_d):.1f} |", flush=True)
+            for model, distances in zip(models, ours_d, strict=True):
+                print(
+                    f"| {model.stem} | {np.mean(distances):.1f} | {np.mean(peer_d):.1f} |",
+                    flush=True,
+                )
     save_sheet(summary, args.out / "peer-summary.png")
 
 

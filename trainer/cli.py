@@ -307,6 +307,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="keep the photo's large-scale brightness (8x8-block luma; colour stays free): dark regions stay dark instead of taking a random hue (default 0)",
     )
+    style.add_argument(
+        "--range-weight",
+        type=float,
+        help="keep pixels inside [0, 1]: without it a pixel pushed far out of range saturates the loss network and shows as a flat, saturated blotch (default: the content weight; 0 turns it off)",
+    )
     style.add_argument("--style-size", type=int, default=256, help="the painting's longer side in pixels during training; larger: finer brush strokes (default 256, as the authors' code)")  # fmt: skip
     _add_common(style, "style")
 
@@ -332,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="paper",
         help="how inputs are made: paper = Gaussian blur then bicubic (default); matlab = antialiased bicubic like MATLAB imresize, which made the Set5/Set14/BSD100 inputs; photo = random blur, noise and JPEG as in real photos",
     )
+    sr.add_argument("--shifted-loss", action="store_true", help="with --loss perceptual, compare features at a random pixel phase each step: no upsampling grid in flat areas (the loss network's stride otherwise leaves a blind spot)")  # fmt: skip
     sr.add_argument("--channels", type=int, default=64, help="feature channels (default 64)")
     sr.add_argument("--blocks", type=int, default=4, help="residual blocks at low resolution (default 4); each costs ~12%% of the default network's time")  # fmt: skip
     sr.add_argument("--blur-sigma", type=float, default=1.0, help="Gaussian blur before downsampling, with --degradation paper (default 1.0, the paper's)")  # fmt: skip
@@ -387,6 +393,8 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
         raise DataError(f"style image not found: {args.style_image}")
     spec = LOSS_NETWORKS[args.loss_network]
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if args.steps is not None and args.steps < 1:
+        raise TrainingError("--steps must be at least 1")
     steps = args.steps or TASK_DEFAULTS[args.command]["steps"]
     minutes = default_minutes(args)
     if minutes is not None and minutes <= 0:
@@ -411,6 +419,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
     def weight(value: float | None, default: float) -> float:
         return default if value is None else value
 
+    content_weight_value = weight(args.content_weight, defaults.content_weight)
     content_layer = getattr(args, "content_layer", "")
     if relative and not content_layer:
         content_layer = RELATIVE_CONTENT_LAYER.get(args.loss_network, "")
@@ -435,7 +444,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
         lr=args.lr,
         loss_network=args.loss_network,
         loss_weights=str(args.loss_weights) if args.loss_weights else None,
-        content_weight=weight(args.content_weight, defaults.content_weight),
+        content_weight=content_weight_value,
         style_weight=weight(getattr(args, "style_weight", None), defaults.style_weight),
         tv_weight=weight(args.tv_weight, defaults.tv_weight),
         pixel_weight=getattr(args, "pixel_weight", 0.0),
@@ -443,11 +452,15 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
         loss_form=getattr(args, "loss_form", "paper"),
         content_layer=content_layer,
         tone_weight=getattr(args, "tone_weight", 0.0),
+        range_weight=weight(getattr(args, "range_weight", None), content_weight_value)
+        if args.command == "style"
+        else 0.0,
         sr_loss=getattr(args, "loss", "perceptual"),
         scale=getattr(args, "scale", 4),
         degradation=getattr(args, "degradation", "paper"),
         blur_sigma=getattr(args, "blur_sigma", 1.0),
         sr_channels=getattr(args, "channels", 64),
+        shifted_loss=getattr(args, "shifted_loss", False),
         sr_blocks=getattr(args, "blocks", 4),
         lr_schedule=args.lr_schedule,
         init_model=str(args.init_model) if args.init_model else "",

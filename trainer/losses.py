@@ -31,6 +31,11 @@ def total_variation(images: torch.Tensor) -> torch.Tensor:
 LOSS_FORMS = ("paper", "relative")
 
 
+def out_of_range(images: torch.Tensor) -> torch.Tensor:
+    """Mean squared distance of the pixels from [0, 1], where users' images are clipped to."""
+    return (images.float() - images.float().clamp(0, 1)).pow(2).mean()
+
+
 def tone_error(output: torch.Tensor, photo: torch.Tensor, block: int = 8) -> torch.Tensor:
     """How far the output's large-scale brightness is from the photo's: mean squared difference of
     8x8-block mean luma, over the photo's own block-luma variance (scale-free). Colour is free."""
@@ -50,6 +55,9 @@ class StyleLoss(nn.Module):
     style layer counts equally and the weights mean the same on every loss network.
     ``tone_weight``: a term that keeps the photo's large-scale brightness (tone_error): without it
     feature losses barely tell dark colours apart, and dark regions may come out in any hue.
+    ``range_weight``: a term that keeps pixels inside [0, 1]. The loss network sees the output
+    unclipped, users see it clipped; nothing in the feature losses stops a region drifting far out
+    of range (a 20-minute model: -23 to +10), which clipping shows as a flat, saturated blotch.
     The style image's Gram matrices are computed once; content targets under no_grad.
     """
 
@@ -63,12 +71,15 @@ class StyleLoss(nn.Module):
         form: str = "paper",
         content_layer: str | None = None,
         tone_weight: float = 0.0,
+        range_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if form not in LOSS_FORMS:
             raise ValueError(f"unknown loss form {form!r}: choose {', '.join(LOSS_FORMS)}")
         self.lossnet, self.relative, self.tone_weight = lossnet, form == "relative", tone_weight
+        self.range_weight = range_weight
         self.terms = ("total", "content", "style", "tv") + (("tone",) if tone_weight else ())
+        self.terms += ("range",) if range_weight else ()
         self.content_weight, self.style_weight, self.tv_weight = (
             content_weight,
             style_weight,
@@ -110,8 +121,25 @@ class StyleLoss(nn.Module):
         }
         if self.tone_weight:
             terms["tone"] = self.tone_weight * tone_error(output, content)
+        if self.range_weight:
+            terms["range"] = self.range_weight * out_of_range(output)
         terms["total"] = sum(terms.values())
         return terms
+
+
+SHIFT_PERIOD = 4  # the loss network's stride at the SR layer (MobileNetV2 block3, VGG relu3_3)
+
+
+def shifted_pair(output: torch.Tensor, target: torch.Tensor, period: int):
+    """Both images cropped by the same random offset below ``period`` (torch's RNG, so resumable).
+
+    A strided loss network sees each pixel phase differently: with a fixed phase, patterns at its
+    stride fall in a blind spot the network learns to fill (the x4 model's grid). A fresh phase
+    each step leaves no blind spot."""
+    dy, dx = (int(v) for v in torch.randint(0, period, (2,)))
+    h, w = output.shape[-2:]
+    crop = (..., slice(dy, h - period + dy), slice(dx, w - period + dx))
+    return output[crop], target[crop]
 
 
 class SRLoss(nn.Module):
@@ -124,9 +152,10 @@ class SRLoss(nn.Module):
         content_weight: float,
         tv_weight: float,
         pixel_weight: float,
+        shifted: bool = False,
     ) -> None:
         super().__init__()
-        self.kind, self.lossnet = kind, lossnet
+        self.kind, self.lossnet, self.shifted = kind, lossnet, shifted
         self.terms = ("total", "pixel") if kind == "pixel" else ("total", "content", "pixel", "tv")
         self.content_weight, self.tv_weight, self.pixel_weight = (
             content_weight,
@@ -141,6 +170,8 @@ class SRLoss(nn.Module):
             terms = {"pixel": pixel}
         else:
             layer = self.lossnet.spec.sr_layer
+            if self.shifted:
+                output, target = shifted_pair(output, target, SHIFT_PERIOD)
             with torch.no_grad():
                 wanted = self.lossnet(target, (layer,))[layer]
             got = self.lossnet(output, (layer,))[layer]

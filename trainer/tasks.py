@@ -108,6 +108,7 @@ class StyleTask:
             config.loss_form,
             config.content_layer or None,
             config.tone_weight,
+            config.range_weight,
         )
 
     def network(self) -> nn.Module:
@@ -136,7 +137,12 @@ class SRTask:
             "blocks": config.sr_blocks,
         }
         self.loss = SRLoss(
-            config.sr_loss, lossnet, config.content_weight, config.tv_weight, config.pixel_weight
+            config.sr_loss,
+            lossnet,
+            config.content_weight,
+            config.tv_weight,
+            config.pixel_weight,
+            config.shifted_loss,
         )
 
     def network(self) -> nn.Module:

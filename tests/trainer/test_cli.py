@@ -88,6 +88,9 @@ def test_calibrate_adds_int8_ranges_to_existing_models(tmp_path, photos, monkeyp
         (["--batch-size", "9"], "only 8 readable photos"),
         (["--loss-weights", "BAD"], "not a readable mobilenet_v2 checkpoint"),
         (["--resume"], "no checkpoint at"),
+        (["--steps", "0"], "--steps must be at least 1"),  # was: 0 read as the paper's 40000
+        (["--init-model", "missing.impasto"], "--init-model: no such model file"),
+        (["--init-model", "BAD"], "--init-model: bad.pth"),
     ],
 )
 def test_bad_input_is_one_clear_error_line(tmp_path, photos, painting, capsys, change, message):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer.losses import StyleLoss, gram_matrix, tone_error
+from trainer.losses import StyleLoss, gram_matrix, out_of_range, tone_error
 from trainer.lossnets import LOSS_NETWORKS, LossNetwork, vgg16_features
 
 
@@ -88,3 +88,24 @@ def test_tone_term_keeps_brightness_and_leaves_colour_free():
     terms = loss(small, photo)
     torch.testing.assert_close(terms["tone"], 2 * tone_error(small, photo))
     assert "tone" in loss.terms
+
+
+def test_range_term_pulls_only_out_of_range_pixels_back_into_range():
+    torch.manual_seed(5)
+    photo = torch.rand(2, 3, 32, 32)
+    assert out_of_range(photo) == 0  # any image users can see costs nothing
+    blotch = photo.clone()
+    blotch[:, 1, :8, :8] = 10.0  # a region far above white, as a 20-minute model painted
+    blotch[:, 2, :8, :8] = -20.0
+    blotch.requires_grad_(True)
+    loss = StyleLoss(_scaled_vgg(1.0), torch.rand(1, 3, 32, 32), 1.0, 0.0, 0.0, "relative",
+                     None, 0.0, 3.0)  # fmt: skip
+    terms = loss(blotch, photo)
+    assert "range" in loss.terms
+    torch.testing.assert_close(terms["range"], 3 * out_of_range(blotch))
+    terms["range"].backward()
+    grad = blotch.grad
+    assert (grad[:, 1, :8, :8] > 0).all() and (grad[:, 2, :8, :8] < 0).all()  # descent: back in
+    inside = torch.ones_like(grad, dtype=torch.bool)
+    inside[:, 1:, :8, :8] = False
+    assert (grad[inside] == 0).all()
