@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer.losses import StyleLoss, gram_matrix, out_of_range, tone_error
+from trainer.losses import StyleLoss, gram_matrix, out_of_range, shifted_pair, tone_error
 from trainer.lossnets import LOSS_NETWORKS, LossNetwork, vgg16_features
 
 
@@ -109,3 +109,19 @@ def test_range_term_pulls_only_out_of_range_pixels_back_into_range():
     inside = torch.ones_like(grad, dtype=torch.bool)
     inside[:, 1:, :8, :8] = False
     assert (grad[inside] == 0).all()
+
+
+def test_shifted_sr_loss_sees_every_pixel_phase_and_repeats_under_a_seed():
+    target = torch.arange(2 * 3 * 12 * 16, dtype=torch.float32).reshape(2, 3, 12, 16)
+    output = target + 0.5
+    phases = set()
+    torch.manual_seed(0)
+    for _ in range(200):
+        a, b = shifted_pair(output, target, 4)
+        assert a.shape == b.shape == (2, 3, 8, 12) and torch.equal(a - b, torch.full_like(a, 0.5))
+        phases.add(int(b[0, 0, 0, 0]) // 16 * 100 + int(b[0, 0, 0, 0]) % 16)  # (row, column)
+    assert phases == {100 * y + x for y in range(4) for x in range(4)}
+    torch.manual_seed(0)
+    again = shifted_pair(output, target, 4)[1]
+    torch.manual_seed(0)
+    assert torch.equal(shifted_pair(output, target, 4)[1], again)  # torch's RNG: resumable
