@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Trains the shipped models (weights/) with the recipe of docs/training.md: the five compact styles
-# (relative perceptual loss, MobileNetV2), the paper-width Starry Night, the two x4 upscalers.
+# (relative perceptual loss, MobileNetV2), the paper-width Starry Night, the three x4 upscalers.
 #   bench/train_shipped.sh DATA_DIR OUT_DIR [STEPS] [SECONDS] [PARTS]
 # DATA_DIR holds train/ (photos), styles/ (paintings) and, optionally, LOSS_NETWORK.pt (the loss
 # network's weights, as bench/gpu_pack.py writes them for machines without its package).
@@ -54,13 +54,21 @@ style udnie udnie.jpg "${STYLE_WEIGHT:-1}" 256 compact "Udnie" "Francis Picabia,
 fi
 [[ $parts == *full* ]] &&
 style starry-night-full starry_night.jpg "${STYLE_WEIGHT:-1}" 256 full "Starry Night (full width)" "Vincent van Gogh, The Starry Night (1889), public domain"
-[[ $parts == *sr* ]] && for loss in pixel perceptual; do
-    name=$([ $loss = pixel ] && echo sr-faithful || echo sr-sharp)
-    sr_weights=()  # the perceptual model's loss network, from the pack where its package is absent
-    [ $loss = perceptual ] && [ -f "$data/mobilenet_v2.pt" ] &&
+# The upscalers (docs/models.md): 16 residual blocks; sharp compares MobileNetV2 features at a random
+# pixel phase (--shifted-loss: no grid); photo learns from blurred, noisy, JPEG-compressed inputs.
+sr_model() {  # sr_model NAME LOSS DEGRADATION "DISPLAY NAME" EXTRA...
+    local name=$1 loss=$2 degradation=$3 display=$4; shift 4
+    local sr_weights=()  # the perceptual model's loss network, from the pack where its package is absent
+    [ "$loss" = perceptual ] && [ -f "$data/mobilenet_v2.pt" ] &&
         sr_weights=(--loss-network mobilenet_v2 --loss-weights "$data/mobilenet_v2.pt")
-    train "$name" sr --name "$name" --scale 4 --loss $loss "${sr_weights[@]}" --degradation matlab --image-size 192 \
-        --batch-size 16 --steps $((steps * 4 / 3)) --display-name "Upscale x4 ($([ $loss = pixel ] && echo faithful || echo sharp))"
-done
+    train "$name" sr --name "$name" --scale 4 --blocks 16 --loss "$loss" "${sr_weights[@]}" \
+        --degradation "$degradation" --image-size 192 --batch-size 16 --steps $((steps * 4 / 3)) \
+        --lr-schedule cosine --display-name "$display" "$@"
+}
+if [[ $parts == *sr* ]]; then
+sr_model sr-faithful pixel matlab "Upscale x4 (faithful)"
+sr_model sr-sharp perceptual matlab "Upscale x4 (sharp)" --shifted-loss
+sr_model sr-photo pixel photo "Upscale x4 (photos, JPEG)"
+fi
 wait
 ls -la "$out/models"

@@ -40,6 +40,11 @@ def degrade(
     antialiased bicubic, like MATLAB's imresize that made the standard benchmarks' LR images;
     "photo": what real photos went through (see :func:`degrade_like_photos`).
     """
+    with torch.autocast(hr.device.type, enabled=False):  # previews run under autocast: stay exact
+        return _degrade(hr.float(), scale, method, sigma)
+
+
+def _degrade(hr: torch.Tensor, scale: int, method: str, sigma: float) -> torch.Tensor:
     if method == "photo":
         return degrade_like_photos(hr, scale)
     if method == "paper":

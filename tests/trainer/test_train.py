@@ -131,6 +131,24 @@ def test_sr_training_writes_an_x4_model(tmp_path, photos, loss):
     assert net(torch.rand(1, 3, 8, 10)).shape == (1, 3, 32, 40)
 
 
+def test_sr_training_on_photo_degradations_with_amp_writes_its_model(tmp_path, photos):
+    # The preview at the end runs under autocast: the degradations must stay in fp32 there.
+    config = tiny_config(
+        tmp_path,
+        photos,
+        None,
+        task="sr",
+        sr_loss="pixel",
+        degradation="photo",
+        amp=True,
+        steps=2,
+        preview_every=100,
+    )
+    result = train(config)
+    assert result.model_path is not None and result.model_path.is_file()
+    assert any((tmp_path / "run" / "previews").iterdir())
+
+
 def test_a_deeper_network_fine_tuned_from_a_model_starts_exactly_where_it_was(tmp_path, photos):
     shallow = train(tiny_config(tmp_path / "a", photos, None, task="sr", sr_loss="pixel"))
     source, _ = load_model(shallow.model_path)
