@@ -589,7 +589,7 @@ class Impasto(Gimp.PlugIn):
                 "Upscales the active layer (source 'layer') or the image as seen ('visible') x4 "
                 "into a new image named '<name> x4' (only the selection's bounds when there is a "
                 "selection), or the whole image in place (other layers resized by GIMP). 'model' "
-                "is an upscaler's name (e.g. sr-faithful, sr-sharp), empty for the first one.",
+                "is an upscaler's name (e.g. sr-faithful, sr-sharp, sr-photo), empty for the first one.",
                 name,
             )
         procedure.add_menu_path("<Image>/Filters")  # after the label, which GIMP needs first
