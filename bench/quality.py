@@ -184,7 +184,7 @@ def evaluate_sr(data: Path, out: Path, sets: list[str], extra: list[Path]) -> No
     upsampling-grid peak on flat regions (bench.metrics.grid_peak); a crop comparison picture."""
     engine = Engine(device="cpu", backend="torch", precision="fp32")
     models: dict[str, str | Path] = {info.name: info.name for _, info in shipped("sr")}
-    models.update({f"{p.stem} (new)": p for p in extra})
+    models.update({p.stem: p for p in extra})  # name the files apart from the shipped ones
     names = ["bicubic", *models]
     print("| set | " + " | ".join(names) + " |\n|---|" + "---|" * len(names))
     grids = []
