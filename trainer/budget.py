@@ -32,6 +32,7 @@ class TimeBudget:
         self.max_steps = config.steps  # the full schedule: more never helps within the recipe
         self.final_size = config.final_image_size or config.image_size
         self.switch: int | None = None  # first step at the final size, once planned
+        self.switch_time: float | None = None  # when the final size starts, fixed at the first plan
         self.mark: tuple[int, float] | None = None  # (step, time) a measurement began at
         self.step_seconds = 0.0
         self.last_preview = self.started
@@ -68,20 +69,21 @@ class TimeBudget:
             self._plan(step, now)
 
     def _plan(self, step: int, now: float) -> None:
-        """Split the remaining time: small crops first, FINAL_SHARE of it at the final size.
+        """Small crops until a switch time fixed at the first plan (FINAL_SHARE of the time left
+        then), the final size after it; each re-plan counts the steps that fit at today's speed.
 
-        Re-plans keep the final steps' count and move the switch: re-taking a share of what is
-        left each time would push the switch back until the deadline (and never train large)."""
-        left = self.deadline - now
+        The switch is a time, not a step count: a passing slowdown only shrinks the estimate of
+        the small steps for a while (a count of final steps, costed at the slow speed, would pull
+        the switch to now, and a run never leaves the large crops once there)."""
+        if self.switch_time is None:
+            self.switch_time = now + (self.deadline - now) * (1 - FINAL_SHARE)
         final_seconds = self.step_seconds * (self.final_size / self.config.image_size) ** 2
-        if self.switch is None:
-            final_steps = max(1, math.floor(left * FINAL_SHARE / final_seconds))
-        else:
-            final_steps = self.config.final_steps
-        small_steps = max(0, math.floor((left - final_steps * final_seconds) / self.step_seconds))
+        small_steps = max(0, math.floor((self.switch_time - now) / self.step_seconds))
+        final_steps = max(
+            1, math.floor((self.deadline - max(now, self.switch_time)) / final_seconds)
+        )
         total = min(self.max_steps, step + small_steps + final_steps)
-        final_steps = min(final_steps, total - step)
-        self._set(total, final_steps)
+        self._set(total, min(final_steps, total - step))
 
     def _plan_final(self, step: int, now: float) -> None:
         """The final size's own speed decides how many of its steps still fit."""

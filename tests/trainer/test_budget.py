@@ -36,12 +36,15 @@ def test_a_time_budget_ends_on_time_with_a_calibrated_listed_model(
     assert list((tmp_path / "run" / "previews").glob("step_*.png"))  # the model's last preview
 
 
-def run_with_clock(config: TrainConfig, seconds_per_pixel: float) -> tuple[TimeBudget, float, int]:
-    """Step a budget to its end on a simulated clock where a step costs its crop's pixels."""
+def run_with_clock(
+    config: TrainConfig, seconds_per_pixel: float, slowdown=lambda step: 1.0
+) -> tuple[TimeBudget, float, int]:
+    """Step a budget to its end on a simulated clock where a step costs its crop's pixels (times
+    ``slowdown(step)``: another program taking the CPU for a while)."""
     budget, now, step, large = TimeBudget(config, started=0.0), 0.0, 0, 0
     while step < config.steps:
         size = config.crop_size(step)
-        now += seconds_per_pixel * size**2
+        now += seconds_per_pixel * size**2 * slowdown(step)
         large += size == 256
         step += 1
         budget.after_step(step, now)
@@ -58,6 +61,22 @@ def test_the_plan_trains_most_steps_small_and_the_last_third_of_the_time_large()
     assert 560 < budget.deadline < 580  # 600 s less the export's share
     assert abs(large * 0.4 - budget.deadline / 3) < 10  # a third of the time at 256 px
     assert config.steps - large > 3500  # the rest at 128 px, 4x cheaper
+
+
+def test_a_passing_slowdown_does_not_move_the_switch_to_large_crops_early():
+    # Another program takes the CPU for ~12 s early on (steps 3x slower): the plan keeps most
+    # steps small. (Once at the large crops a run stays there, so an early switch would cost it
+    # most of its steps: seen in a real 20-minute run that switched at step 224 of ~1400.)
+    config = TrainConfig(
+        task="style", name="p", dataset="-", output="-", run_dir="-", image_size=128,
+        final_image_size=256, steps=40000, minutes=10,
+    )  # fmt: skip
+    budget, ended, large = run_with_clock(
+        config, 0.1 / 128**2, lambda s: 3.0 if 200 <= s < 240 else 1.0
+    )
+    assert budget.deadline - 1.5 <= ended <= budget.deadline
+    assert abs(large * 0.4 - budget.deadline / 3) < 30
+    assert config.steps - large > 3000
 
 
 def test_a_budget_on_a_fast_device_stops_at_the_full_schedule():
