@@ -77,7 +77,7 @@ def style_models(old: Path | None) -> list[tuple[str, torch.nn.Module, ModelInfo
         for path in sorted(old.glob("*.impasto")):
             net, info = load_model(path)
             if info.kind == "style":
-                found.append((f"{info.name} (old)", net, info))
+                found.append((f"{info.name} ({old.name})", net, info))
     return found
 
 
@@ -122,7 +122,7 @@ def compare_with_gatys(
             for n, (value, seconds, _) in optimised.items():
                 gatys[n][0].append(value)
                 gatys[n][1].append(seconds)
-            if i == 0 and "(old)" not in label:
+            if i == 0 and label == name:  # pictures for the shipped models only
                 picture = [photo, result] + [optimised[n][2] for n in iters]
                 contact_sheet([torch.cat(picture)], out / f"gatys-{init}-{name}.png")
         row = {"name": label, "ff": np.mean(ff), "ff_time": np.mean(ff_time)}
@@ -162,7 +162,7 @@ def style_pictures(data: Path, out: Path, old: Path | None) -> None:
     style's result, after its older version from ``old`` where there is one (before/after)."""
     held_out = sorted((data / "sr" / "eval" / "BSD100" / "HR").glob("*.png"))[:2]
     gallery = [[square(p) for p in OUR_PHOTOS]]
-    before = {i.name: n for label, n, i in style_models(old) if label.endswith("(old)")}
+    before = {i.name: n for label, n, i in style_models(old) if label != i.name}
     for net, info in shipped("style"):
         if info.name in before:
             with torch.no_grad():
@@ -237,7 +237,9 @@ def main() -> None:
     p.add_argument("--iterations", default="50,100,200", help="Gatys iteration counts")
     p.add_argument("--init", choices=["photo", "noise"], default="photo", help="Gatys start image")
     p.add_argument(
-        "--old", type=Path, help="also judge the style models in this folder (before/after)"
+        "--old",
+        type=Path,
+        help="also judge the style models in this folder (before/after), labelled with its name",
     )
     p.add_argument("--sets", default="Set5,Set14,BSD100", help="SR evaluation sets")
     p.add_argument(
