@@ -44,6 +44,7 @@ THUMBNAIL_SIDE = 768  # longest side of the thumbnail whose statistics every til
 STYLE_MARGIN, STYLE_BLEND = 32, 32
 SR_MARGIN, SR_BLEND = sr_margin({}), 8  # the margin of the default network; per model: sr_margin
 SR_MIN_INPUT_TILE = 64
+SR_MIN_CENTRE = 24  # the default network's 64-px minimum tile less its two margins and blend
 # Tile lengths round up to these multiples. Style tiles compile once per image anyway (its
 # statistics are constants in the compiled model), so fine steps save compute (8 runs as fast as
 # 32 per pixel); SR tiles of every image share compiled shapes, so few distinct ones.
@@ -564,8 +565,8 @@ def tile_plan(has_norm: bool, margin: int, tile: int, scale: int) -> tuple[int, 
     """(margin, blend, align, multiple, input tile side) for tiling a network of either kind."""
     if has_norm:
         return margin, STYLE_BLEND, 4, STYLE_TILE_MULTIPLE, tile - tile % 4
-    # At least two overlaps wide, so a deep network's wide margin still leaves a centre.
-    in_tile = max(tile // scale, SR_MIN_INPUT_TILE, 4 * margin + 2 * SR_BLEND)
+    # Wide enough that a deep network's margins still leave a centre (24 px, as the default's).
+    in_tile = max(tile // scale, SR_MIN_INPUT_TILE, 2 * margin + SR_BLEND + SR_MIN_CENTRE)
     return margin, SR_BLEND, 1, SR_TILE_MULTIPLE, in_tile
 
 
