@@ -13,7 +13,7 @@ from pathlib import Path
 import platformdirs
 
 from core.modelfile import SUFFIX, ModelFileError, load_model, save_model
-from core.netspec import ARCHITECTURES
+from core.netspec import check_options
 from core.registry import UnknownModelError, model_path, user_models_dir
 from trainer.checkpoint import (
     CheckpointError,
@@ -310,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     style.add_argument(
         "--range-weight",
         type=float,
-        help="keep pixels inside [0, 1]: without it a pixel pushed far out of range saturates the loss network and shows as a flat, saturated blotch (default: the content weight; 0 turns it off)",
+        help="keep pixels inside [0, 1]: the loss network sees the output unclipped, users see it clipped, so a region drifting far out of range shows as a flat, saturated blotch (default: the content weight; 0 turns it off)",
     )
     style.add_argument("--style-size", type=int, default=256, help="the painting's longer side in pixels during training; larger: finer brush strokes (default 256, as the authors' code)")  # fmt: skip
     _add_common(style, "style")
@@ -339,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sr.add_argument("--shifted-loss", action="store_true", help="with --loss perceptual, compare features at a random pixel phase each step: no upsampling grid in flat areas (the loss network's stride otherwise leaves a blind spot)")  # fmt: skip
     sr.add_argument("--channels", type=int, default=64, help="feature channels (default 64)")
-    sr.add_argument("--blocks", type=int, default=4, help="residual blocks at low resolution (default 4); each costs ~12%% of the default network's time")  # fmt: skip
+    sr.add_argument("--blocks", type=int, default=4, help="residual blocks at low resolution (default 4); cheap: 16 blocks upscale 1.45x slower than 4 at 1 MP (BENCHMARKS.md)")  # fmt: skip
     sr.add_argument("--blur-sigma", type=float, default=1.0, help="Gaussian blur before downsampling, with --degradation paper (default 1.0, the paper's)")  # fmt: skip
     _add_common(sr, "sr")
 
@@ -374,8 +374,9 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
     dataset = dataset_from(args.dataset)
     if args.command == "sr" and args.image_size % args.scale:
         raise TrainingError(f"--image-size must be a multiple of {args.scale} for x{args.scale}")
-    for option in ("image_size", "batch_size", "checkpoint_every", "log_every"):
-        if getattr(args, option) < 1:
+    for option in ("image_size", "batch_size", "checkpoint_every", "log_every", "steps"):
+        value = getattr(args, option)  # --steps may be absent (None): the task's default
+        if value is not None and value < 1:
             raise TrainingError(f"--{option.replace('_', '-')} must be at least 1")
     if (args.final_image_size > 0) != (args.final_steps > 0):
         raise TrainingError(
@@ -384,17 +385,13 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
     if args.init_model and not args.init_model.is_file():
         raise DataError(f"--init-model: no such model file: {args.init_model}")
     if args.command == "sr":
-        bounds = ARCHITECTURES["sr"]
-        for option in ("channels", "blocks"):
-            if getattr(args, option) not in bounds[option]:
-                r = bounds[option]
-                raise TrainingError(f"--{option} must be {r.start} to {r.stop - 1}")
+        why = check_options("sr", {"channels": args.channels, "blocks": args.blocks})
+        if why:
+            raise TrainingError(f"--channels / --blocks: {why}")
     if args.command == "style" and not args.style_image.is_file():
         raise DataError(f"style image not found: {args.style_image}")
     spec = LOSS_NETWORKS[args.loss_network]
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if args.steps is not None and args.steps < 1:
-        raise TrainingError("--steps must be at least 1")
     steps = args.steps or TASK_DEFAULTS[args.command]["steps"]
     minutes = default_minutes(args)
     if minutes is not None and minutes <= 0:

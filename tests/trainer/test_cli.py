@@ -131,6 +131,8 @@ def test_sr_command_checks_the_crop_fits_the_scale(tmp_path, photos, capsys):
     args = ["sr", "--name", "x4", "--output", str(tmp_path / "o")]
     assert main(args + tiny_args(tmp_path, photos, "--image-size", "30")) == 2
     assert "multiple of 4" in capsys.readouterr().err
+    assert main(args + tiny_args(tmp_path, photos, "--image-size", "32", "--blocks", "40")) == 2
+    assert "blocks=40 is outside 1 to 32" in capsys.readouterr().err  # what a model file may hold
 
 
 @pytest.mark.slow
