@@ -12,7 +12,6 @@ same for flat regions of Set14 (clean MATLAB-bicubic inputs), where an upsamplin
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 from pathlib import Path
 
@@ -25,16 +24,10 @@ sys.path.insert(0, str(REPO))
 from bench.style_sweep import labelled_row, save_sheet  # noqa: E402
 from core.engine import Engine  # noqa: E402
 from trainer.cli import data_root  # noqa: E402
+from trainer.tasks import jpeg_pixels  # noqa: E402
 
 CROP = 160  # output pixels per crop, shown at 2x
 GRID_CROPS = (("img_005.png", 0.2, 0.15), ("img_009.png", 0.15, 0.2), ("img_012.png", 0.1, 0.5))
-
-
-def jpeg(pixels: np.ndarray, quality: int) -> np.ndarray:
-    """Pixels saved as JPEG at ``quality`` and read back."""
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "JPEG", quality=quality)
-    return np.asarray(Image.open(buffer).convert("RGB"))
 
 
 def downscale(pixels: np.ndarray) -> np.ndarray:
@@ -47,13 +40,13 @@ def downscale(pixels: np.ndarray) -> np.ndarray:
 
 def real_inputs() -> list[tuple[str, np.ndarray, np.ndarray]]:
     """(label, low-resolution input, original) for the JPEG and the noisy phone-like case."""
-    coffee = np.asarray(Image.open(REPO / "docs" / "sample-coffee.jpg").convert("RGB"))[:400, :600]
+    coffee = np.asarray(Image.open(REPO / "docs" / "sample-coffee.jpg").convert("RGB"))
     sample = np.asarray(Image.open(REPO / "docs" / "sample.jpg").convert("RGB"))
     noise = np.random.default_rng(0).normal(0, 6, (*downscale(sample).shape[:2], 1))
     noisy = np.clip(downscale(sample) + noise, 0, 255)  # grey noise, as a phone sensor at ISO 800
     return [
-        ("coffee, 1/4 size, JPEG q70", jpeg(downscale(coffee), 70), coffee),
-        ("sample, 1/4 size, noise 6, JPEG q80", jpeg(noisy.astype(np.uint8), 80), sample),
+        ("coffee, 1/4 size, JPEG q70", jpeg_pixels(downscale(coffee), 70), coffee),
+        ("sample, 1/4 size, noise 6, JPEG q80", jpeg_pixels(noisy.astype(np.uint8), 80), sample),
     ]
 
 
@@ -82,7 +75,7 @@ def sheet_rows(engine: Engine, models: list[str], cases, where) -> list[Image.Im
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
-        "--models", default="sr-faithful,sr-sharp", help="comma-separated names or files"
+        "--models", default="sr-faithful,sr-sharp,sr-photo", help="comma-separated names or files"
     )
     p.add_argument(
         "--grid", help="comma-separated models for the flat-area sheet (e.g. old,new sharp)"

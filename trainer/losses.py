@@ -127,7 +127,7 @@ class StyleLoss(nn.Module):
         return terms
 
 
-SHIFT_PERIOD = 4  # the loss network's stride at the SR layer (MobileNetV2 block3, VGG relu3_3)
+SHIFT_PERIOD = 4  # the SR layer's stride: MobileNetV2 block3's 4 (a multiple of VGG relu2_2's 2)
 
 
 def shifted_pair(output: torch.Tensor, target: torch.Tensor, period: int):

@@ -85,12 +85,17 @@ def degrade_like_photos(hr: torch.Tensor, scale: int) -> torch.Tensor:
     return torch.cat(out)
 
 
+def jpeg_pixels(pixels: np.ndarray, quality: int) -> np.ndarray:
+    """uint8 RGB pixels (H, W, 3) saved as JPEG at ``quality`` and read back."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG", quality=quality)
+    return np.asarray(Image.open(buffer).convert("RGB"))
+
+
 def jpeg_roundtrip(image: torch.Tensor, quality: int) -> torch.Tensor:
     """An RGB image in [0, 1] (C, H, W) saved as JPEG at ``quality`` and read back."""
     pixels = image.detach().float().mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, "JPEG", quality=quality)
-    decoded = np.asarray(Image.open(buffer).convert("RGB"), dtype=np.float32) / 255
+    decoded = jpeg_pixels(pixels, quality).astype(np.float32) / 255
     return torch.from_numpy(decoded).permute(2, 0, 1).to(image.device, image.dtype)
 
 
