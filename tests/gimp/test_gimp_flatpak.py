@@ -81,29 +81,44 @@ def start_at_login(entry: Path, out: Path) -> None:
     (out / "server-up").write_text("")
 
 
-@pytest.fixture(scope="module")
-def flatpak_session(tmp_path_factory: pytest.TempPathFactory):
+def sandbox_folders(factory: pytest.TempPathFactory, name: str, upscaler: bool):
+    """The chroot, and a work folder for one sandboxed GIMP session: out/ holding the RGBA photo
+    GIMP loads, home/, and models/ with a compact style 'tiny' (and an upscaler 'sr')."""
     try:
         root = gimp_chroot.ensure_chroot()
     except gimp_chroot.Unavailable as e:
         pytest.skip(f"no real GIMP 3: {e}")
-    work = tmp_path_factory.mktemp("gimp-flatpak")
+    work = factory.mktemp(name)
     out, home, models = work / "out", work / "home", work / "models"
     out.mkdir()
     make_model(models, "tiny", width="compact")
-    make_model(models, "sr", kind="sr")
+    if upscaler:
+        make_model(models, "sr", kind="sr")
     image = photo_rgba()
     (out / "rgba.raw").write_bytes(image.tobytes())
-    app = home / ".var" / "app" / "org.gimp.GIMP"
-    host_env = {  # the host session's: where the server outside looks and publishes
+    return root, work, out, home, models, image
+
+
+def host_side(work: Path, models: Path, **extra: str) -> pytest.MonkeyPatch:
+    """The host session's environment (where the server outside looks and publishes), set on a
+    MonkeyPatch the fixture undoes at the end."""
+    host = pytest.MonkeyPatch()
+    host_env = {
         "IMPASTO_MODELS_DIR": str(models),
         "IMPASTO_CONFIG_DIR": str(work / "host-config" / "impasto"),
         "IMPASTO_LOG_DIR": str(work / "log"),
-        "XDG_CONFIG_HOME": str(home / ".config"),
+        **extra,
     }
-    host = pytest.MonkeyPatch()  # the host side's environment, undone at the end
     for key, value in host_env.items():
         host.setenv(key, value)
+    return host
+
+
+@pytest.fixture(scope="module")
+def flatpak_session(tmp_path_factory: pytest.TempPathFactory):
+    root, work, out, home, models, image = sandbox_folders(tmp_path_factory, "gimp-flatpak", True)
+    app = home / ".var" / "app" / "org.gimp.GIMP"
+    host = host_side(work, models, XDG_CONFIG_HOME=str(home / ".config"))
     try:
         plugin = install.install_plugin_into(app / "config" / "GIMP" / "3.0", Path(sys.executable))
         entry = install.install_autostart(Path(sys.executable), {})
@@ -136,7 +151,7 @@ def flatpak_session(tmp_path_factory: pytest.TempPathFactory):
             "plugin": plugin,
             "venv_visible": venv_visible,
             "models": models,
-            "host_config": host_env["IMPASTO_CONFIG_DIR"],
+            "host_config": os.environ["IMPASTO_CONFIG_DIR"],  # as host_side set it
         }
     finally:
         from core.client import Client
@@ -190,25 +205,11 @@ results["stylize"] = r
 def spawn_session(tmp_path_factory: pytest.TempPathFactory):
     """As flatpak_session, with GIMP allowed to run host commands (flatpak-spawn --host) and no
     server running: the plug-in starts it outside the sandbox itself."""
-    try:
-        root = gimp_chroot.ensure_chroot()
-    except gimp_chroot.Unavailable as e:
-        pytest.skip(f"no real GIMP 3: {e}")
-    work = tmp_path_factory.mktemp("gimp-flatpak-spawn")
-    out, home, models = work / "out", work / "home", work / "models"
-    out.mkdir()
-    make_model(models, "tiny", width="compact")
-    image = photo_rgba()
-    (out / "rgba.raw").write_bytes(image.tobytes())
+    root, work, out, home, models, image = sandbox_folders(
+        tmp_path_factory, "gimp-flatpak-spawn", False
+    )
     app = home / ".var" / "app" / "org.gimp.GIMP"
-    host_env = {
-        "IMPASTO_MODELS_DIR": str(models),
-        "IMPASTO_CONFIG_DIR": str(work / "host-config" / "impasto"),
-        "IMPASTO_LOG_DIR": str(work / "log"),
-    }
-    host = pytest.MonkeyPatch()  # the host side's environment, undone at the end
-    for key, value in host_env.items():
-        host.setenv(key, value)
+    host = host_side(work, models)
     from core.client import Client
 
     try:
