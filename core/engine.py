@@ -42,7 +42,7 @@ THUMBNAIL_SIDE = 768  # longest side of the thumbnail whose statistics every til
 # Tile edges inside the image: ``margin`` input pixels are dropped (their context is cut off),
 # then ``blend`` pixels ramp linearly into the neighbour. SR tiles are exact past its receptive field.
 STYLE_MARGIN, STYLE_BLEND = 32, 32
-SR_MARGIN, SR_BLEND = sr_margin({}), 8  # the margin of the default network; per model: sr_margin
+SR_BLEND = 8  # the margin is each model's: core.netspec.sr_margin
 SR_MIN_INPUT_TILE = 64
 SR_MIN_CENTRE = 24  # the default network's 64-px minimum tile less its two margins and blend
 # Tile lengths round up to these multiples. Style tiles compile once per image anyway (its

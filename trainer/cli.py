@@ -312,6 +312,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="keep pixels inside [0, 1]: the loss network sees the output unclipped, users see it clipped, so a region drifting far out of range shows as a flat, saturated blotch (default: the content weight; 0 turns it off)",
     )
+    style.add_argument(
+        "--palette-weight",
+        type=float,
+        default=0.0,
+        help="give each output the painting's colour distribution (sliced Wasserstein on RGB): Gram losses alone leave colours loose, e.g. a grey-olive Great Wave (default 0)",
+    )
     style.add_argument("--style-size", type=int, default=256, help="the painting's longer side in pixels during training; larger: finer brush strokes (default 256, as the authors' code)")  # fmt: skip
     _add_common(style, "style")
 
@@ -321,9 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sr.add_argument(
         "--loss",
-        choices=["perceptual", "pixel"],
+        choices=["perceptual", "pixel", "l1"],
         default="perceptual",
-        help="perceptual: feature reconstruction loss, sharper (the paper's, default); pixel: MSE, higher PSNR",
+        help="perceptual: feature reconstruction loss, sharper (the paper's, default); pixel: MSE, higher PSNR; l1: mean absolute error, as EDSR (keeps improving where MSE stalls)",
     )
     sr.add_argument(
         "--pixel-weight",
@@ -337,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="paper",
         help="how inputs are made: paper = Gaussian blur then bicubic (default); matlab = antialiased bicubic like MATLAB imresize, which made the Set5/Set14/BSD100 inputs; photo = random blur, noise and JPEG as in real photos",
     )
+    sr.add_argument("--dihedral", action="store_true", help="also turn crops by multiples of 90 degrees (with the mirror: all 8 orientations, as EDSR); more distinct crops from the same photos")  # fmt: skip
     sr.add_argument("--shifted-loss", action="store_true", help="with --loss perceptual, compare features at a random pixel phase each step: no upsampling grid in flat areas (the loss network's stride otherwise leaves a blind spot)")  # fmt: skip
     sr.add_argument("--channels", type=int, default=64, help="feature channels (default 64)")
     sr.add_argument("--blocks", type=int, default=4, help="residual blocks at low resolution (default 4); cheap: 16 blocks upscale 1.45x slower than 4 at 1 MP (BENCHMARKS.md)")  # fmt: skip
@@ -449,6 +456,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
         loss_form=getattr(args, "loss_form", "paper"),
         content_layer=content_layer,
         tone_weight=getattr(args, "tone_weight", 0.0),
+        palette_weight=getattr(args, "palette_weight", 0.0),
         range_weight=weight(getattr(args, "range_weight", None), content_weight_value)
         if args.command == "style"
         else 0.0,
@@ -458,6 +466,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
         blur_sigma=getattr(args, "blur_sigma", 1.0),
         sr_channels=getattr(args, "channels", 64),
         shifted_loss=getattr(args, "shifted_loss", False),
+        dihedral=getattr(args, "dihedral", False),
         sr_blocks=getattr(args, "blocks", 4),
         lr_schedule=args.lr_schedule,
         init_model=str(args.init_model) if args.init_model else "",

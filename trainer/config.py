@@ -48,12 +48,14 @@ class TrainConfig:
     loss_form: str = "paper"  # trainer.losses.LOSS_FORMS: "paper" or "relative"
     content_layer: str = ""  # the loss network's layer for the content loss ("": its default)
     range_weight: float = 0.0  # keep pixels in [0, 1] (the command line's default: content weight)
+    palette_weight: float = 0.0  # the painting's colours (trainer.losses.palette_error)
     tone_weight: float = 0.0  # keep the photo's large-scale brightness (trainer.losses.tone_error)
     sr_loss: str = "perceptual"
     scale: int = 4
     degradation: str = "paper"
     blur_sigma: float = 1.0
     shifted_loss: bool = False  # SR: the perceptual loss at a random pixel phase each step
+    dihedral: bool = False  # SR: crops also turned by multiples of 90 degrees (torch RNG)
     sr_channels: int = 64
     sr_blocks: int = 4
     device: str = "auto"

@@ -36,6 +36,25 @@ def out_of_range(images: torch.Tensor) -> torch.Tensor:
     return (images.float() - images.float().clamp(0, 1)).pow(2).mean()
 
 
+def palette_error(
+    output: torch.Tensor, painting: torch.Tensor, directions: int = 32, samples: int = 4096
+) -> torch.Tensor:
+    """Sliced Wasserstein distance (squared, RGB) between each output's colours and the painting's
+    (``painting``: Nx3 pixels), on random directions and pixels drawn from torch's RNG each call.
+
+    Gram matrices of deep features barely fix a painting's colours (a Great Wave that comes out
+    grey-olive); matching the colour distribution itself, as Risser et al.'s histogram loss, does.
+    """
+    pixels = output.float().flatten(2).transpose(1, 2)  # B x HW x 3
+    pick = torch.randint(pixels.shape[1], (samples,), device=output.device)
+    axes = F.normalize(torch.randn(3, directions, device=output.device), dim=0)
+    ours = (pixels[:, pick] @ axes).sort(dim=1).values  # B x samples x directions
+    theirs = (painting.float() @ axes).sort(dim=0).values
+    # The painting's quantiles at the outputs' sample ranks (mid-points).
+    ranks = ((torch.arange(samples, device=output.device) + 0.5) * len(painting) / samples).long()
+    return (ours - theirs[ranks]).pow(2).mean()
+
+
 def tone_error(output: torch.Tensor, photo: torch.Tensor, block: int = 8) -> torch.Tensor:
     """How far the output's large-scale brightness is from the photo's: mean squared difference of
     8x8-block mean luma, over the photo's own block-luma variance (scale-free). Colour is free."""
@@ -58,6 +77,8 @@ class StyleLoss(nn.Module):
     ``range_weight``: a term that keeps pixels inside [0, 1]. The loss network sees the output
     unclipped, users see it clipped; nothing in the feature losses stops a region drifting far out
     of range (a 20-minute model: -23 to +10), which clipping shows as a flat, saturated blotch.
+    ``palette_weight``: a term that gives each output the painting's colour distribution
+    (palette_error).
     The style image's Gram matrices are computed once; content targets under no_grad.
     """
 
@@ -72,14 +93,17 @@ class StyleLoss(nn.Module):
         content_layer: str | None = None,
         tone_weight: float = 0.0,
         range_weight: float = 0.0,
+        palette_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if form not in LOSS_FORMS:
             raise ValueError(f"unknown loss form {form!r}: choose {', '.join(LOSS_FORMS)}")
         self.lossnet, self.relative, self.tone_weight = lossnet, form == "relative", tone_weight
-        self.range_weight = range_weight
-        self.terms = ("total", "content", "style", "tv") + (("tone",) if tone_weight else ())
-        self.terms += ("range",) if range_weight else ()
+        self.range_weight, self.palette_weight = range_weight, palette_weight
+        optional = {"tone": tone_weight, "range": range_weight, "palette": palette_weight}
+        self.terms = ("total", "content", "style", "tv") + tuple(
+            t for t, w in optional.items() if w
+        )
         self.content_weight, self.style_weight, self.tv_weight = (
             content_weight,
             style_weight,
@@ -91,6 +115,7 @@ class StyleLoss(nn.Module):
             taps = ", ".join(spec.taps.values())
             raise ValueError(f"{spec.name} has no layer {self.content_layer!r}: choose {taps}")
         self.style_layers = spec.style_layers
+        self.register_buffer("palette", style_image[0].flatten(1).T.contiguous())
         with torch.no_grad():
             features = lossnet(style_image.to(lossnet.mean.device), self.style_layers)
         for name in self.style_layers:
@@ -123,6 +148,8 @@ class StyleLoss(nn.Module):
             terms["tone"] = self.tone_weight * tone_error(output, content)
         if self.range_weight:
             terms["range"] = self.range_weight * out_of_range(output)
+        if self.palette_weight:
+            terms["palette"] = self.palette_weight * palette_error(output, self.palette)
         terms["total"] = sum(terms.values())
         return terms
 
@@ -143,7 +170,8 @@ def shifted_pair(output: torch.Tensor, target: torch.Tensor, period: int):
 
 
 class SRLoss(nn.Module):
-    """Super-resolution loss: "perceptual" (feature reconstruction, the paper's) or "pixel" (MSE)."""
+    """Super-resolution loss: "perceptual" (feature reconstruction, the paper's), "pixel" (MSE) or
+    "l1" (mean absolute error, as EDSR: it keeps improving PSNR where MSE has stalled)."""
 
     def __init__(
         self,
@@ -156,7 +184,9 @@ class SRLoss(nn.Module):
     ) -> None:
         super().__init__()
         self.kind, self.lossnet, self.shifted = kind, lossnet, shifted
-        self.terms = ("total", "pixel") if kind == "pixel" else ("total", "content", "pixel", "tv")
+        self.terms = (
+            ("total", "pixel") if kind in ("pixel", "l1") else ("total", "content", "pixel", "tv")
+        )
         self.content_weight, self.tv_weight, self.pixel_weight = (
             content_weight,
             tv_weight,
@@ -165,9 +195,10 @@ class SRLoss(nn.Module):
 
     def forward(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         """Weighted loss terms and their sum ("total") for a batch of outputs and true HR images."""
-        pixel = F.mse_loss(output.float(), target.float())
-        if self.kind == "pixel":
-            terms = {"pixel": pixel}
+        if self.kind == "l1":
+            terms = {"pixel": F.l1_loss(output.float(), target.float())}
+        elif self.kind == "pixel":
+            terms = {"pixel": F.mse_loss(output.float(), target.float())}
         else:
             layer = self.lossnet.spec.sr_layer
             if self.shifted:
@@ -177,7 +208,7 @@ class SRLoss(nn.Module):
             got = self.lossnet(output, (layer,))[layer]
             terms = {
                 "content": self.content_weight * F.mse_loss(got.float(), wanted.float()),
-                "pixel": self.pixel_weight * pixel,
+                "pixel": self.pixel_weight * F.mse_loss(output.float(), target.float()),
                 "tv": self.tv_weight * total_variation(output),
             }
         terms["total"] = sum(terms.values())

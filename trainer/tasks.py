@@ -119,6 +119,7 @@ class StyleTask:
             config.content_layer or None,
             config.tone_weight,
             config.range_weight,
+            config.palette_weight,
         )
 
     def network(self) -> nn.Module:
@@ -162,6 +163,8 @@ class SRTask:
     def inputs_and_targets(self, photos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Degraded low-resolution inputs and the high-resolution photos they came from."""
         c = self.config
+        if c.dihedral:  # drawn from torch's RNG, which checkpoints keep: resumable
+            photos = torch.rot90(photos, int(torch.randint(4, ())), (2, 3))
         return degrade(photos, c.scale, c.degradation, c.blur_sigma), photos
 
     def preview_rows(self, net: nn.Module, photos: torch.Tensor) -> list[torch.Tensor]:

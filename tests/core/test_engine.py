@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from core import engine as engine_module
 from core.engine import TILE_SIZE, Cancelled, Engine, EngineError, StyleOptions
 from core.modelfile import ModelInfo, load_model, save_model
+from core.netspec import sr_margin
 from core.ovruntime import RuntimeCancelled, openvino_available
 from core.registry import UnknownModelError
 from core.runtime import FrozenStats, LiveStats
@@ -227,7 +228,7 @@ def test_tiles_show_no_seams(models_dir):
 def test_tiles_are_added_with_their_blend_weights(length, tile, scale):
     # _add_tile copies where a tile's weight is 1 and adds only its bands: the same sum as weighting
     # every pixel of every tile, for layouts with narrow tiles and no weight of 1 too.
-    margin, blend = (32, 32) if scale == 1 else (engine_module.SR_MARGIN, engine_module.SR_BLEND)
+    margin, blend = (32, 32) if scale == 1 else (sr_margin({}), engine_module.SR_BLEND)
     size, starts = engine_module._plan_axis(length, tile, 2 * margin + blend, 4, 8)
     weights = engine_module._blend_weights(starts, size, length, margin, blend, scale)
     rng = np.random.default_rng(0)
