@@ -318,6 +318,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="give each output the painting's colour distribution (sliced Wasserstein on RGB): Gram losses alone leave colours loose, e.g. a grey-olive Great Wave (default 0)",
     )
+    style.add_argument(
+        "--colour-weight",
+        type=float,
+        default=0.0,
+        help="give outputs the painting's colours the way the photo has its light and dark: 8x8-block colours of the photo moved onto the painting's palette by one smooth colour map per photo (linear optimal transport) (default 0)",
+    )
     style.add_argument("--style-size", type=int, default=256, help="the painting's longer side in pixels during training; larger: finer brush strokes (default 256, as the authors' code)")  # fmt: skip
     _add_common(style, "style")
 
@@ -457,6 +463,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
         content_layer=content_layer,
         tone_weight=getattr(args, "tone_weight", 0.0),
         palette_weight=getattr(args, "palette_weight", 0.0),
+        colour_weight=getattr(args, "colour_weight", 0.0),
         range_weight=weight(getattr(args, "range_weight", None), content_weight_value)
         if args.command == "style"
         else 0.0,

@@ -55,6 +55,42 @@ def palette_error(
     return (ours - theirs[ranks]).pow(2).mean()
 
 
+def _colour_stats(pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean (..x1x3) and covariance (..x3x3) of ..xNx3 pixels."""
+    mean = pixels.mean(-2, keepdim=True)
+    centred = pixels - mean
+    eye = 1e-5 * torch.eye(3, device=pixels.device)
+    return mean, centred.transpose(-1, -2) @ centred / pixels.shape[-2] + eye
+
+
+def _sqrtm(m: torch.Tensor) -> torch.Tensor:
+    values, vectors = torch.linalg.eigh(m)
+    return vectors @ torch.diag_embed(values.clamp_min(1e-10).sqrt()) @ vectors.transpose(-1, -2)
+
+
+def recolour(photos: torch.Tensor, painting: torch.Tensor) -> torch.Tensor:
+    """Each photo (Bx3xHxW) with its colours moved onto the painting's (Nx3 pixels) by the linear
+    optimal-transport map between their means and covariances: one smooth map per photo, so it
+    can paint no patches; light and dark go to the painting's own light and dark colours."""
+    with torch.no_grad(), torch.autocast(photos.device.type, enabled=False):
+        b, c, h, w = photos.shape
+        pixels = photos.float().flatten(2).transpose(1, 2)  # B x HW x 3
+        mean_p, cov_p = _colour_stats(pixels)
+        mean_s, cov_s = _colour_stats(painting.float())
+        root = _sqrtm(cov_p)
+        inverse_root = torch.linalg.inv(root)
+        transport = inverse_root @ _sqrtm(root @ cov_s @ root) @ inverse_root  # symmetric
+        mapped = (pixels - mean_p) @ transport + mean_s
+        return mapped.clamp(0, 1).transpose(1, 2).reshape(b, c, h, w)
+
+
+def colour_error(output: torch.Tensor, guide: torch.Tensor, block: int = 8) -> torch.Tensor:
+    """Mean squared difference of 8x8-block mean colours: the colour layout of ``guide`` at a
+    coarse scale, while strokes and texture inside each block stay free."""
+    pool = (F.avg_pool2d(x.float(), block, ceil_mode=True) for x in (output, guide))
+    return F.mse_loss(*pool)
+
+
 def tone_error(output: torch.Tensor, photo: torch.Tensor, block: int = 8) -> torch.Tensor:
     """How far the output's large-scale brightness is from the photo's: mean squared difference of
     8x8-block mean luma, over the photo's own block-luma variance (scale-free). Colour is free."""
@@ -94,13 +130,16 @@ class StyleLoss(nn.Module):
         tone_weight: float = 0.0,
         range_weight: float = 0.0,
         palette_weight: float = 0.0,
+        colour_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if form not in LOSS_FORMS:
             raise ValueError(f"unknown loss form {form!r}: choose {', '.join(LOSS_FORMS)}")
         self.lossnet, self.relative, self.tone_weight = lossnet, form == "relative", tone_weight
         self.range_weight, self.palette_weight = range_weight, palette_weight
+        self.colour_weight = colour_weight
         optional = {"tone": tone_weight, "range": range_weight, "palette": palette_weight}
+        optional["colour"] = colour_weight
         self.terms = ("total", "content", "style", "tv") + tuple(
             t for t, w in optional.items() if w
         )
@@ -150,6 +189,9 @@ class StyleLoss(nn.Module):
             terms["range"] = self.range_weight * out_of_range(output)
         if self.palette_weight:
             terms["palette"] = self.palette_weight * palette_error(output, self.palette)
+        if self.colour_weight:
+            guide = recolour(content, self.palette)
+            terms["colour"] = self.colour_weight * colour_error(output, guide)
         terms["total"] = sum(terms.values())
         return terms
 

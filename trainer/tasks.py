@@ -120,6 +120,7 @@ class StyleTask:
             config.tone_weight,
             config.range_weight,
             config.palette_weight,
+            config.colour_weight,
         )
 
     def network(self) -> nn.Module:

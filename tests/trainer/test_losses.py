@@ -7,9 +7,11 @@ import torch
 
 from trainer.losses import (
     StyleLoss,
+    colour_error,
     gram_matrix,
     out_of_range,
     palette_error,
+    recolour,
     shifted_pair,
     tone_error,
 )
@@ -145,6 +147,24 @@ def test_palette_term_is_blind_to_layout_and_pulls_colours_to_the_painting():
     torch.manual_seed(1)
     assert "palette" in loss.terms and got == 2 * palette_error(olive, (
         shuffled[0].flatten(1).T))  # fmt: skip
+
+
+def test_colour_guide_moves_the_photo_onto_the_painting_colours_and_leaves_strokes_free():
+    torch.manual_seed(7)
+    # A photo with a light-to-dark ramp in warm colours; a "painting" of blues and creams.
+    ramp = torch.linspace(0.2, 0.8, 64).view(1, 1, 1, 64).expand(1, 1, 64, 64)
+    photo = torch.cat([ramp, 0.8 * ramp, 0.5 * ramp], 1) + 0.03 * torch.rand(1, 3, 64, 64)
+    t = torch.rand(5000, 1)
+    painting = torch.cat([0.3 + 0.4 * t, 0.35 + 0.35 * t, 0.5 + 0.1 * t], 1)
+    guide = recolour(photo, painting)
+    pixels = guide[0].flatten(1).T
+    torch.testing.assert_close(pixels.mean(0), painting.mean(0), atol=2e-3, rtol=0)
+    torch.testing.assert_close(pixels.T.cov(), painting.T.cov(), atol=2e-4, rtol=0)
+    light = (guide[0].mean(0)[:, -8:].mean() > guide[0].mean(0)[:, :8].mean())
+    assert light  # one smooth map: the photo's light side stays the light side
+    # The term compares 8x8-block colours: strokes inside the blocks cost nothing.
+    strokes = guide + 0.2 * torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).repeat(32, 32)
+    assert colour_error(strokes, guide) < 1e-10 < 0.01 < colour_error(photo, guide)
 
 
 def test_shifted_sr_loss_sees_every_pixel_phase_and_repeats_under_a_seed():
