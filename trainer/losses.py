@@ -55,40 +55,49 @@ def palette_error(
     return (ours - theirs[ranks]).pow(2).mean()
 
 
-def _colour_stats(pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean (..x1x3) and covariance (..x3x3) of ..xNx3 pixels."""
-    mean = pixels.mean(-2, keepdim=True)
-    centred = pixels - mean
-    eye = 1e-5 * torch.eye(3, device=pixels.device)
-    return mean, centred.transpose(-1, -2) @ centred / pixels.shape[-2] + eye
+COLOUR_BLOCK = 8  # the colour guide's scale: block-mean colours; strokes inside a block are free
+# Fixed rotations (one seed): the guide is a deterministic function of the photo.
+_ROTATIONS = [torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(i)))[0]
+              for i in range(12)]  # fmt: skip
 
 
-def _sqrtm(m: torch.Tensor) -> torch.Tensor:
-    values, vectors = torch.linalg.eigh(m)
-    return vectors @ torch.diag_embed(values.clamp_min(1e-10).sqrt()) @ vectors.transpose(-1, -2)
+def block_colours(images: torch.Tensor, block: int = COLOUR_BLOCK) -> torch.Tensor:
+    """Mean colours of ``block`` x ``block`` blocks, as B x N x 3 (fp32)."""
+    return F.avg_pool2d(images.float(), block, ceil_mode=True).flatten(2).transpose(1, 2)
 
 
-def recolour(photos: torch.Tensor, painting: torch.Tensor) -> torch.Tensor:
-    """Each photo (Bx3xHxW) with its colours moved onto the painting's (Nx3 pixels) by the linear
-    optimal-transport map between their means and covariances: one smooth map per photo, so it
-    can paint no patches; light and dark go to the painting's own light and dark colours."""
-    with torch.no_grad(), torch.autocast(photos.device.type, enabled=False):
-        b, c, h, w = photos.shape
-        pixels = photos.float().flatten(2).transpose(1, 2)  # B x HW x 3
-        mean_p, cov_p = _colour_stats(pixels)
-        mean_s, cov_s = _colour_stats(painting.float())
-        root = _sqrtm(cov_p)
-        inverse_root = torch.linalg.inv(root)
-        transport = inverse_root @ _sqrtm(root @ cov_s @ root) @ inverse_root  # symmetric
-        mapped = (pixels - mean_p) @ transport + mean_s
-        return mapped.clamp(0, 1).transpose(1, 2).reshape(b, c, h, w)
+def _match_1d(values: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Each value replaced by the sorted ``reference``'s quantile at the value's (mid-)rank: equal
+    values get equal results, so a flat region stays flat."""
+    ordered = values.sort().values
+    ties = torch.searchsorted(ordered, values) + torch.searchsorted(ordered, values, right=True)
+    position = ties.float() / (2 * len(values)) * (len(reference) - 1)
+    low = position.floor().long().clamp(max=len(reference) - 2)
+    part = position - low
+    return reference[low] * (1 - part) + reference[low + 1] * part
 
 
-def colour_error(output: torch.Tensor, guide: torch.Tensor, block: int = 8) -> torch.Tensor:
-    """Mean squared difference of 8x8-block mean colours: the colour layout of ``guide`` at a
-    coarse scale, while strokes and texture inside each block stay free."""
-    pool = (F.avg_pool2d(x.float(), block, ceil_mode=True) for x in (output, guide))
-    return F.mse_loss(*pool)
+def recolour(colours: torch.Tensor, painting: torch.Tensor) -> torch.Tensor:
+    """``colours`` (B x N x 3) moved onto the distribution of ``painting``'s (M x 3) by iterative
+    distribution transfer (Pitie et al., 2005): 1-D quantile matching along 36 fixed axes. A map
+    from colour to colour, the same over a photo: it keeps the photo's layout and paints no patch."""
+    with torch.no_grad(), torch.autocast(colours.device.type, enabled=False):
+        painting = painting.float()
+        out = []
+        for x in colours.float():
+            x = x.clone()
+            for rotation in _ROTATIONS:
+                for axis in rotation.to(x.device).T:
+                    along = x @ axis
+                    wanted = _match_1d(along, (painting @ axis).sort().values)
+                    x += (wanted - along)[:, None] * axis
+            out.append(x.clamp(0, 1))
+        return torch.stack(out)
+
+
+def colour_error(output: torch.Tensor, guide: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference between the output's block colours and ``guide`` (B x N x 3)."""
+    return F.mse_loss(block_colours(output), guide)
 
 
 def tone_error(output: torch.Tensor, photo: torch.Tensor, block: int = 8) -> torch.Tensor:
@@ -155,6 +164,7 @@ class StyleLoss(nn.Module):
             raise ValueError(f"{spec.name} has no layer {self.content_layer!r}: choose {taps}")
         self.style_layers = spec.style_layers
         self.register_buffer("palette", style_image[0].flatten(1).T.contiguous())
+        self.register_buffer("painting_blocks", block_colours(style_image)[0])
         with torch.no_grad():
             features = lossnet(style_image.to(lossnet.mean.device), self.style_layers)
         for name in self.style_layers:
@@ -190,7 +200,7 @@ class StyleLoss(nn.Module):
         if self.palette_weight:
             terms["palette"] = self.palette_weight * palette_error(output, self.palette)
         if self.colour_weight:
-            guide = recolour(content, self.palette)
+            guide = recolour(block_colours(content), self.painting_blocks)
             terms["colour"] = self.colour_weight * colour_error(output, guide)
         terms["total"] = sum(terms.values())
         return terms

@@ -7,6 +7,7 @@ import torch
 
 from trainer.losses import (
     StyleLoss,
+    block_colours,
     colour_error,
     gram_matrix,
     out_of_range,
@@ -151,20 +152,28 @@ def test_palette_term_is_blind_to_layout_and_pulls_colours_to_the_painting():
 
 def test_colour_guide_moves_the_photo_onto_the_painting_colours_and_leaves_strokes_free():
     torch.manual_seed(7)
-    # A photo with a light-to-dark ramp in warm colours; a "painting" of blues and creams.
+    # A photo: a light-to-dark ramp in warm colours over a flat red square. A "painting": 3 parts
+    # cream to 1 part Prussian blue, as the Great Wave.
     ramp = torch.linspace(0.2, 0.8, 64).view(1, 1, 1, 64).expand(1, 1, 64, 64)
-    photo = torch.cat([ramp, 0.8 * ramp, 0.5 * ramp], 1) + 0.03 * torch.rand(1, 3, 64, 64)
-    t = torch.rand(5000, 1)
-    painting = torch.cat([0.3 + 0.4 * t, 0.35 + 0.35 * t, 0.5 + 0.1 * t], 1)
-    guide = recolour(photo, painting)
-    pixels = guide[0].flatten(1).T
-    torch.testing.assert_close(pixels.mean(0), painting.mean(0), atol=2e-3, rtol=0)
-    torch.testing.assert_close(pixels.T.cov(), painting.T.cov(), atol=2e-4, rtol=0)
-    light = (guide[0].mean(0)[:, -8:].mean() > guide[0].mean(0)[:, :8].mean())
-    assert light  # one smooth map: the photo's light side stays the light side
-    # The term compares 8x8-block colours: strokes inside the blocks cost nothing.
-    strokes = guide + 0.2 * torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).repeat(32, 32)
-    assert colour_error(strokes, guide) < 1e-10 < 0.01 < colour_error(photo, guide)
+    photo = torch.cat([ramp, 0.8 * ramp, 0.5 * ramp], 1).clone()
+    photo[:, :, 8:24, 8:24] = torch.tensor([0.8, 0.1, 0.1]).view(1, 3, 1, 1)
+    cream, blue = torch.tensor([0.93, 0.88, 0.74]), torch.tensor([0.10, 0.22, 0.42])
+    painting = torch.cat([cream.expand(3000, 3), blue.expand(1000, 3)])
+    painting = painting + 0.02 * torch.randn_like(painting)
+    colours = block_colours(photo)  # 8x8 blocks: 1 x 64 x 3
+    assert colours.shape == (1, 64, 3)
+    guide = recolour(colours, painting)[0]
+    near_blue = (guide - blue).norm(dim=1) < 0.1
+    near_cream = (guide - cream).norm(dim=1) < 0.1
+    assert near_blue.sum() + near_cream.sum() >= 60  # the painting's colours, not the photo's
+    assert 12 <= near_blue.sum() <= 20  # in the painting's share
+    grid = guide.T.reshape(3, 8, 8)
+    assert (grid[:, 1:3, 1:3] == grid[:, 1:2, 1:2]).all()  # a flat region stays one colour
+    luma = grid.mean(0)
+    assert luma[4:, -1].mean() > luma[4:, 0].mean()  # the photo's light side stays the light side
+    # The term compares block colours: strokes inside the blocks cost nothing.
+    strokes = photo + 0.1 * torch.tensor([[1.0, -1.0], [-1.0, 1.0]]).repeat(32, 32)
+    assert colour_error(strokes, colours) < 1e-10 < 0.01 < colour_error(photo, guide[None])
 
 
 def test_shifted_sr_loss_sees_every_pixel_phase_and_repeats_under_a_seed():
