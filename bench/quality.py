@@ -251,6 +251,9 @@ def main() -> None:
     args = p.parse_args()
     if not args.data.is_dir():
         sys.exit(f"data folder not found: {args.data} (pass --data or set IMPASTO_DATA)")
+    missing = [str(m) for m in args.sr_models if not m.is_file()]
+    if missing:
+        sys.exit(f"SR model file not found: {', '.join(missing)}")
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
