@@ -313,12 +313,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep pixels inside [0, 1]: the loss network sees the output unclipped, users see it clipped, so a region drifting far out of range shows as a flat, saturated blotch (default: the content weight; 0 turns it off)",
     )
     style.add_argument(
-        "--palette-weight",
-        type=float,
-        default=0.0,
-        help="give each output the painting's colour distribution (sliced Wasserstein on RGB): Gram losses alone leave colours loose, e.g. a grey-olive Great Wave (default 0)",
-    )
-    style.add_argument(
         "--colour-weight",
         type=float,
         default=0.0,
@@ -462,7 +456,6 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
         loss_form=getattr(args, "loss_form", "paper"),
         content_layer=content_layer,
         tone_weight=getattr(args, "tone_weight", 0.0),
-        palette_weight=getattr(args, "palette_weight", 0.0),
         colour_weight=getattr(args, "colour_weight", 0.0),
         range_weight=weight(getattr(args, "range_weight", None), content_weight_value)
         if args.command == "style"

@@ -48,7 +48,6 @@ class TrainConfig:
     loss_form: str = "paper"  # trainer.losses.LOSS_FORMS: "paper" or "relative"
     content_layer: str = ""  # the loss network's layer for the content loss ("": its default)
     range_weight: float = 0.0  # keep pixels in [0, 1] (the command line's default: content weight)
-    palette_weight: float = 0.0  # the painting's colours (trainer.losses.palette_error)
     colour_weight: float = 0.0  # coarse colours of the photo recoloured to the painting's
     tone_weight: float = 0.0  # keep the photo's large-scale brightness (trainer.losses.tone_error)
     sr_loss: str = "perceptual"

@@ -36,25 +36,6 @@ def out_of_range(images: torch.Tensor) -> torch.Tensor:
     return (images.float() - images.float().clamp(0, 1)).pow(2).mean()
 
 
-def palette_error(
-    output: torch.Tensor, painting: torch.Tensor, directions: int = 32, samples: int = 4096
-) -> torch.Tensor:
-    """Sliced Wasserstein distance (squared, RGB) between each output's colours and the painting's
-    (``painting``: Nx3 pixels), on random directions and pixels drawn from torch's RNG each call.
-
-    Gram matrices of deep features barely fix a painting's colours (a Great Wave that comes out
-    grey-olive); matching the colour distribution itself, as Risser et al.'s histogram loss, does.
-    """
-    pixels = output.float().flatten(2).transpose(1, 2)  # B x HW x 3
-    pick = torch.randint(pixels.shape[1], (samples,), device=output.device)
-    axes = F.normalize(torch.randn(3, directions, device=output.device), dim=0)
-    ours = (pixels[:, pick] @ axes).sort(dim=1).values  # B x samples x directions
-    theirs = (painting.float() @ axes).sort(dim=0).values
-    # The painting's quantiles at the outputs' sample ranks (mid-points).
-    ranks = ((torch.arange(samples, device=output.device) + 0.5) * len(painting) / samples).long()
-    return (ours - theirs[ranks]).pow(2).mean()
-
-
 COLOUR_BLOCK = 8  # the colour guide's scale: block-mean colours; strokes inside a block are free
 # Fixed rotations (one seed): the guide is a deterministic function of the photo.
 _ROTATIONS = [torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(i)))[0]
@@ -122,8 +103,9 @@ class StyleLoss(nn.Module):
     ``range_weight``: a term that keeps pixels inside [0, 1]. The loss network sees the output
     unclipped, users see it clipped; nothing in the feature losses stops a region drifting far out
     of range (a 20-minute model: -23 to +10), which clipping shows as a flat, saturated blotch.
-    ``palette_weight``: a term that gives each output the painting's colour distribution
-    (palette_error).
+    ``colour_weight``: a term that gives the output the photo's block colours moved onto the
+    painting's palette (recolour, colour_error): Gram matrices of deep features barely fix a
+    painting's colours (the old Great Wave came out grey-olive).
     The style image's Gram matrices are computed once; content targets under no_grad.
     """
 
@@ -138,17 +120,14 @@ class StyleLoss(nn.Module):
         content_layer: str | None = None,
         tone_weight: float = 0.0,
         range_weight: float = 0.0,
-        palette_weight: float = 0.0,
         colour_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if form not in LOSS_FORMS:
             raise ValueError(f"unknown loss form {form!r}: choose {', '.join(LOSS_FORMS)}")
         self.lossnet, self.relative, self.tone_weight = lossnet, form == "relative", tone_weight
-        self.range_weight, self.palette_weight = range_weight, palette_weight
-        self.colour_weight = colour_weight
-        optional = {"tone": tone_weight, "range": range_weight, "palette": palette_weight}
-        optional["colour"] = colour_weight
+        self.range_weight, self.colour_weight = range_weight, colour_weight
+        optional = {"tone": tone_weight, "range": range_weight, "colour": colour_weight}
         self.terms = ("total", "content", "style", "tv") + tuple(
             t for t, w in optional.items() if w
         )
@@ -163,7 +142,6 @@ class StyleLoss(nn.Module):
             taps = ", ".join(spec.taps.values())
             raise ValueError(f"{spec.name} has no layer {self.content_layer!r}: choose {taps}")
         self.style_layers = spec.style_layers
-        self.register_buffer("palette", style_image[0].flatten(1).T.contiguous())
         self.register_buffer("painting_blocks", block_colours(style_image)[0])
         with torch.no_grad():
             features = lossnet(style_image.to(lossnet.mean.device), self.style_layers)
@@ -197,8 +175,6 @@ class StyleLoss(nn.Module):
             terms["tone"] = self.tone_weight * tone_error(output, content)
         if self.range_weight:
             terms["range"] = self.range_weight * out_of_range(output)
-        if self.palette_weight:
-            terms["palette"] = self.palette_weight * palette_error(output, self.palette)
         if self.colour_weight:
             guide = recolour(block_colours(content), self.painting_blocks)
             terms["colour"] = self.colour_weight * colour_error(output, guide)

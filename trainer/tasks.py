@@ -119,7 +119,6 @@ class StyleTask:
             config.content_layer or None,
             config.tone_weight,
             config.range_weight,
-            config.palette_weight,
             config.colour_weight,
         )
 
