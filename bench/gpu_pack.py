@@ -3,8 +3,8 @@
     python bench/gpu_pack.py [--data DIR] [--out .gpu]
 
 Writes OUT/train/ (the training photos, shorter side 288 px, JPEG q92), OUT/styles/ (the
-paintings), OUT/mobilenet_v2.pt and OUT/vgg16_hed.pt (the loss networks' layers the losses use,
-fp16: the GPU machine cannot install their packages) and OUT/*.whl (pure-Python packages the GPU image lacks). Then, there:
+paintings), OUT/mobilenet_v2.pt (the loss network's layers the losses use, fp16: the GPU machine
+cannot install its package) and OUT/*.whl (pure-Python packages the GPU image lacks). Then, there:
     pip install --target /tmp/site OUT/*.whl; PYTHONPATH=/tmp/site bench/train_shipped.sh OUT OUT_DIR
 """
 
@@ -25,7 +25,7 @@ from trainer.cli import data_root  # noqa: E402
 from trainer.data import find_photos, open_rgb  # noqa: E402
 from trainer.lossnets import load_loss_network  # noqa: E402
 
-LOSS_NETWORKS = ("mobilenet_v2", "vgg16_hed")  # the recipe's, and the paper-architecture one
+LOSS_NETWORKS = ("mobilenet_v2",)  # the shipped recipe's (bench/train_shipped.sh)
 
 SHORTER = 288  # above the 256-px crops: a little room for their random placement
 WHEELS = ["platformdirs"]  # not in the GPU image; torch, numpy, pillow are

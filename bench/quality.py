@@ -157,6 +157,12 @@ def compare_with_gatys(
         )
 
 
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    """Whether two networks hold the same weights (a model the folder has unchanged)."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
 def style_pictures(data: Path, out: Path, old: Path | None) -> None:
     """A contact sheet per style (photo, painting, result) and a gallery of our own photos: each
     style's result, after its older version from ``old`` where there is one (before/after)."""
@@ -164,7 +170,7 @@ def style_pictures(data: Path, out: Path, old: Path | None) -> None:
     gallery = [[square(p) for p in OUR_PHOTOS]]
     before = {i.name: n for label, n, i in style_models(old) if label != i.name}
     for net, info in shipped("style"):
-        if info.name in before:
+        if info.name in before and not same_weights(before[info.name], net):
             with torch.no_grad():
                 gallery.append([before[info.name](p).clamp(0, 1) for p in gallery[0]])
         style = painting(info, data)
@@ -248,6 +254,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads")
     p.add_argument("--skip-style", action="store_true")
     p.add_argument("--skip-sr", action="store_true")
+    p.add_argument(
+        "--pictures-only", action="store_true", help="style pictures without the Gatys comparison"
+    )
     args = p.parse_args()
     if not args.data.is_dir():
         sys.exit(f"data folder not found: {args.data} (pass --data or set IMPASTO_DATA)")
@@ -261,6 +270,8 @@ def main() -> None:
         evaluate_sr(args.data, args.out, args.sets.split(","), args.sr_models)
     if not args.skip_style:
         style_pictures(args.data, args.out, args.old)
+        if args.pictures_only:
+            return
         iters = [int(n) for n in args.iterations.split(",")]
         names = args.styles.split(",") if args.styles else None
         compare_with_gatys(args.data, args.photos, names, iters, args.out, args.init, args.old)
