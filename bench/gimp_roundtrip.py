@@ -10,7 +10,6 @@ tests/gimp/gimp_chroot.py).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -92,12 +91,9 @@ def main() -> int:
             "PATH": "/usr/bin:/bin",
             "IMPASTO_CONFIG_DIR": str(work / "config"),
         }
-        with gimp_chroot.mounted(root, binds=(REPO, work)):
-            done = gimp_chroot.run_batch(root, script, env, timeout=1800)
-        if not (work / "times.json").is_file():
-            print(done.stdout, done.stderr, file=sys.stderr)
+        in_gimp = gimp_chroot.batch_json(root, script, env, work / "times.json", 1800, (REPO, work))
+        if in_gimp is None:
             return 1
-        in_gimp = json.loads((work / "times.json").read_text())
     finally:
         client.shutdown()
     print(

@@ -11,7 +11,6 @@ plug-in's), the peak of each during each call.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -89,12 +88,26 @@ def sample(work: Path, server_pid: int, peaks: dict, stop: threading.Event) -> N
         time.sleep(0.1)
 
 
+def layer_size(text: str) -> tuple[int, int]:
+    """A "WIDTHxHEIGHT" option value."""
+    try:
+        width, height = (int(n) for n in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: sizes are WIDTHxHEIGHT, e.g. 1000x750"
+        ) from None
+    return width, height
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", nargs="+", default=["1000x750", "2000x1500"])
+    parser.add_argument(
+        "--sizes", nargs="+", type=layer_size, default=["1000x750", "2000x1500"],
+        help="layer sizes, WIDTHxHEIGHT (default 1000x750 2000x1500)",
+    )  # fmt: skip
     parser.add_argument("--model", default="sr-faithful")
     args = parser.parse_args()
-    sizes = [tuple(map(int, s.split("x"))) for s in args.sizes]
+    sizes = [layer_size(s) if isinstance(s, str) else s for s in args.sizes]
 
     root = gimp_chroot.ensure_chroot()
     work = Path(tempfile.mkdtemp(prefix="impasto-bench-"))
@@ -120,14 +133,13 @@ def main() -> int:
         env = {"HOME": str(work / "home"), "PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}
         env["IMPASTO_CONFIG_DIR"] = str(work / "config")
         script = gimp_batch.script(BATCH, work, SIZES=sizes, MODEL=args.model)
-        with gimp_chroot.mounted(root, binds=(REPO, work)):
-            done = gimp_chroot.run_batch(root, script, env, timeout=3600)
+        results = gimp_chroot.batch_json(
+            root, script, env, work / "results.json", 3600, (REPO, work)
+        )
         stop.set()
         sampler.join()
-        if not (work / "results.json").is_file():
-            print(done.stdout, done.stderr, file=sys.stderr)
+        if results is None:
             return 1
-        results = json.loads((work / "results.json").read_text())
     finally:
         stop.set()
         client.shutdown()

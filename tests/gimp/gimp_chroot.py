@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -143,6 +145,19 @@ def run_batch(
             stdout, stderr = process.communicate()
             stderr += f"\nGIMP killed after {timeout:g} s"
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def batch_json(
+    root: Path, script: str, env: dict[str, str], result: Path, timeout: float, binds: tuple
+) -> object | None:
+    """Run a batch script that writes ``result`` (JSON) with ``binds`` mounted and read it back;
+    None, with GIMP's output on stderr, when the script wrote nothing."""
+    with mounted(root, binds=binds):
+        done = run_batch(root, script, env, timeout=timeout)
+    if not result.is_file():
+        print(done.stdout, done.stderr, file=sys.stderr)
+        return None
+    return json.loads(result.read_text())
 
 
 # Presses Return (OK) in every Impasto dialog that opens, as a user accepting the defaults would.
