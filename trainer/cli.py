@@ -78,6 +78,10 @@ class Weights:
     tv_weight: float
 
 
+# The colour guide's default weight per unit of content weight: 1e7 with MobileNetV2's 1e5, where
+# it gave every shipped style its painting's palette (docs/training.md, finding 7).
+COLOUR_PER_CONTENT = 100
+
 # The relative loss form's defaults, the shipped styles' recipe (docs/training.md), and the content
 # layer it uses where the network's own is too coarse for 128-px crops (MobileNetV2's block6: 16x16).
 RELATIVE_WEIGHTS = Weights(content_weight=1.0, style_weight=1.0, tv_weight=0.0)
@@ -315,8 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     style.add_argument(
         "--colour-weight",
         type=float,
-        default=0.0,
-        help="give outputs the painting's colours the way the photo has its light and dark: 8x8-block colours of the photo moved onto the painting's palette by one smooth colour map per photo (linear optimal transport) (default 0)",
+        help="give outputs the painting's colours: the photo's 8x8-block colours moved onto the painting's by one colour-to-colour map per photo (distribution transfer), so the layout stays the photo's and no patches appear (default: 100 x the content weight; 0 turns it off)",
     )
     style.add_argument("--style-size", type=int, default=256, help="the painting's longer side in pixels during training; larger: finer brush strokes (default 256, as the authors' code)")  # fmt: skip
     _add_common(style, "style")
@@ -456,7 +459,11 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
         loss_form=getattr(args, "loss_form", "paper"),
         content_layer=content_layer,
         tone_weight=getattr(args, "tone_weight", 0.0),
-        colour_weight=getattr(args, "colour_weight", 0.0),
+        colour_weight=weight(
+            getattr(args, "colour_weight", None), COLOUR_PER_CONTENT * content_weight_value
+        )
+        if args.command == "style"
+        else 0.0,
         range_weight=weight(getattr(args, "range_weight", None), content_weight_value)
         if args.command == "style"
         else 0.0,

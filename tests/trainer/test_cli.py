@@ -180,8 +180,12 @@ def test_loss_form_chooses_its_weights_and_content_layer(tmp_path, photos, paint
     paper = config()  # the default: Johnson et al.'s form with each network's weights
     assert (paper.loss_form, paper.content_weight, paper.style_weight) == ("paper", 1e5, 1e9)
     assert paper.content_layer == ""
+    # The colour guide and the range term follow the content weight: on by default on any network.
+    assert (paper.colour_weight, paper.range_weight) == (1e7, 1e5)
+    assert config("--colour-weight", "0").colour_weight == 0.0
     relative = config("--loss-form", "relative")  # the same weights on every network
     assert (relative.content_weight, relative.style_weight, relative.tv_weight) == (1.0, 1.0, 0.0)
+    assert relative.colour_weight == 100.0
     assert relative.content_layer == "block3"  # block6 is 16x16 at 128-px crops
     chosen = config("--loss-form", "relative", "--style-weight", "3", "--content-layer", "block6")
     assert (chosen.style_weight, chosen.content_layer) == (3.0, "block6")
