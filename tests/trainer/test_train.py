@@ -156,15 +156,18 @@ def test_dihedral_crops_take_all_four_turns_and_repeat_under_a_seed(tmp_path, ph
     hr = torch.rand(2, 3, 16, 16)
     turns = {k: torch.rot90(hr, k, (2, 3)) for k in range(4)}
     torch.manual_seed(0)
+
+    def turn_of(target: torch.Tensor) -> int:
+        return next(k for k, t in turns.items() if torch.equal(target, t))
+
     seen = []
     for _ in range(40):
         low, target = task.inputs_and_targets(hr)
-        seen.append(next(k for k, t in turns.items() if torch.equal(target, t)))
+        seen.append(turn_of(target))
         torch.testing.assert_close(low, degrade(target, 4, config.degradation, config.blur_sigma))
     assert set(seen) == {0, 1, 2, 3}
     torch.manual_seed(0)
-    again = [next(k for k, t in turns.items() if torch.equal(task.inputs_and_targets(hr)[1], t))
-             for _ in range(40)]  # fmt: skip
+    again = [turn_of(task.inputs_and_targets(hr)[1]) for _ in range(40)]
     assert again == seen  # torch's RNG, which checkpoints keep: a resumed run turns the same way
 
 
