@@ -102,12 +102,12 @@ def layer_size(text: str) -> tuple[int, int]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--sizes", nargs="+", type=layer_size, default=["1000x750", "2000x1500"],
+        "--sizes", nargs="+", type=layer_size, default=[(1000, 750), (2000, 1500)],
         help="layer sizes, WIDTHxHEIGHT (default 1000x750 2000x1500)",
     )  # fmt: skip
     parser.add_argument("--model", default="sr-faithful")
     args = parser.parse_args()
-    sizes = [layer_size(s) if isinstance(s, str) else s for s in args.sizes]
+    sizes = args.sizes
 
     root = gimp_chroot.ensure_chroot()
     work = Path(tempfile.mkdtemp(prefix="impasto-bench-"))

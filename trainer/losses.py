@@ -37,14 +37,22 @@ def out_of_range(images: torch.Tensor) -> torch.Tensor:
 
 
 COLOUR_BLOCK = 8  # the colour guide's scale: block-mean colours; strokes inside a block are free
-# Fixed rotations (one seed): the guide is a deterministic function of the photo.
-_ROTATIONS = [torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(i)))[0]
-              for i in range(12)]  # fmt: skip
+# 36 fixed axes (12 seeded rotations' columns): the guide is a deterministic function of the photo.
+_AXES = torch.cat([
+    torch.linalg.qr(torch.randn(3, 3, generator=torch.Generator().manual_seed(i)))[0].T
+    for i in range(12)
+])  # fmt: skip
 
 
 def block_colours(images: torch.Tensor, block: int = COLOUR_BLOCK) -> torch.Tensor:
     """Mean colours of ``block`` x ``block`` blocks, as B x N x 3 (fp32)."""
     return F.avg_pool2d(images.float(), block, ceil_mode=True).flatten(2).transpose(1, 2)
+
+
+def painting_quantiles(painting: torch.Tensor) -> torch.Tensor:
+    """The painting's colours (M x 3) projected on each of recolour's axes and sorted: 36 x M."""
+    # One axis at a time: the same float sums as the per-step projection this replaces.
+    return torch.stack([(painting.float() @ a).sort().values for a in _AXES.to(painting.device)])
 
 
 def _match_1d(values: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -58,20 +66,19 @@ def _match_1d(values: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     return reference[low] * (1 - part) + reference[low + 1] * part
 
 
-def recolour(colours: torch.Tensor, painting: torch.Tensor) -> torch.Tensor:
-    """``colours`` (B x N x 3) moved onto the distribution of ``painting``'s (M x 3) by iterative
-    distribution transfer (Pitie et al., 2005): 1-D quantile matching along 36 fixed axes. A map
-    from colour to colour, the same over a photo: it keeps the photo's layout and paints no patch."""
+def recolour(colours: torch.Tensor, quantiles: torch.Tensor) -> torch.Tensor:
+    """``colours`` (B x N x 3) moved onto the distribution of a painting's (its
+    :func:`painting_quantiles`) by iterative distribution transfer (Pitie et al., 2005): 1-D
+    quantile matching along 36 fixed axes. A map from colour to colour, the same over a photo: it
+    keeps the photo's layout and paints no patch."""
     with torch.no_grad(), torch.autocast(colours.device.type, enabled=False):
-        painting = painting.float()
+        axes = _AXES.to(colours.device)
         out = []
         for x in colours.float():
             x = x.clone()
-            for rotation in _ROTATIONS:
-                for axis in rotation.to(x.device).T:
-                    along = x @ axis
-                    wanted = _match_1d(along, (painting @ axis).sort().values)
-                    x += (wanted - along)[:, None] * axis
+            for axis, reference in zip(axes, quantiles, strict=True):
+                along = x @ axis
+                x += (_match_1d(along, reference) - along)[:, None] * axis
             out.append(x.clamp(0, 1))
         return torch.stack(out)
 
@@ -142,7 +149,10 @@ class StyleLoss(nn.Module):
             taps = ", ".join(spec.taps.values())
             raise ValueError(f"{spec.name} has no layer {self.content_layer!r}: choose {taps}")
         self.style_layers = spec.style_layers
-        self.register_buffer("painting_blocks", block_colours(style_image)[0])
+        # The painting's sorted colour projections, computed once: the guide's target every step.
+        self.register_buffer(
+            "painting_quantiles", painting_quantiles(block_colours(style_image)[0])
+        )
         with torch.no_grad():
             features = lossnet(style_image.to(lossnet.mean.device), self.style_layers)
         for name in self.style_layers:
@@ -176,7 +186,7 @@ class StyleLoss(nn.Module):
         if self.range_weight:
             terms["range"] = self.range_weight * out_of_range(output)
         if self.colour_weight:
-            guide = recolour(block_colours(content), self.painting_blocks)
+            guide = recolour(block_colours(content), self.painting_quantiles)
             terms["colour"] = self.colour_weight * colour_error(output, guide)
         terms["total"] = sum(terms.values())
         return terms
