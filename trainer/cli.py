@@ -426,6 +426,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
     def weight(value: float | None, default: float) -> float:
         return default if value is None else value
 
+    style = args.command == "style"
     content_weight_value = weight(args.content_weight, defaults.content_weight)
     content_layer = getattr(args, "content_layer", "")
     if relative and not content_layer:
@@ -439,7 +440,7 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
         run_dir=str(
             args.run_dir or Path(platformdirs.user_cache_dir("impasto")) / "runs" / args.name
         ),
-        style_image=str(args.style_image) if args.command == "style" else None,
+        style_image=str(args.style_image) if style else None,
         width=getattr(args, "width", "full"),
         image_size=image_size,
         final_image_size=final_image_size,
@@ -462,10 +463,10 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
         colour_weight=weight(
             getattr(args, "colour_weight", None), COLOUR_PER_CONTENT * content_weight_value
         )
-        if args.command == "style"
+        if style
         else 0.0,
         range_weight=weight(getattr(args, "range_weight", None), content_weight_value)
-        if args.command == "style"
+        if style
         else 0.0,
         sr_loss=getattr(args, "loss", "perceptual"),
         scale=getattr(args, "scale", 4),

@@ -233,10 +233,9 @@ class SRLoss(nn.Module):
 
     def forward(self, output: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
         """Weighted loss terms and their sum ("total") for a batch of outputs and true HR images."""
-        if self.kind == "l1":
-            terms = {"pixel": F.l1_loss(output.float(), target.float())}
-        elif self.kind == "pixel":
-            terms = {"pixel": F.mse_loss(output.float(), target.float())}
+        if self.kind in ("pixel", "l1"):
+            distance = F.l1_loss if self.kind == "l1" else F.mse_loss
+            terms = {"pixel": distance(output.float(), target.float())}
         else:
             layer = self.lossnet.spec.sr_layer
             if self.shifted:
