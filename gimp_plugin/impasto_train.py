@@ -30,7 +30,7 @@ def add_train_arguments(procedure) -> None:
         0.1, 1440.0, 20.0, rw,
     )  # fmt: skip
     procedure.add_int_argument(
-        "style-size", "St_rokes (px)", "The painting's size while training: larger, finer strokes",
+        "style-size", "St_rokes (px)", "The painting's size while training: larger gives larger strokes",
         64, 1024, 256, rw,
     )  # fmt: skip
     procedure.add_string_argument(

@@ -321,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="give outputs the painting's colours: the photo's 8x8-block colours moved onto the painting's by one colour-to-colour map per photo (distribution transfer), so the layout stays the photo's and no patches appear (default: 100 x the content weight; 0 turns it off)",
     )
-    style.add_argument("--style-size", type=int, default=256, help="the painting's longer side in pixels during training; larger: finer brush strokes (default 256, as the authors' code)")  # fmt: skip
+    style.add_argument("--style-size", type=int, default=256, help="the painting's longer side in pixels during training; larger: larger brush strokes and patches, as measured in session 15 (default 256, as the authors' code)")  # fmt: skip
     _add_common(style, "style")
 
     sr = commands.add_parser("sr", help="train an x4 super-resolution network")
