@@ -65,7 +65,7 @@ style() {  # style NAME FILE STYLE_SIZE WIDTH "DISPLAY NAME" "CREDIT" [SHAPE ARG
 # the sweeps behind them). The Scream keeps the first phase: the shape phase smeared its faces.
 if [[ $parts == *styles* ]]; then
 style starry-night starry_night.jpg 256 compact "Starry Night" "Vincent van Gogh, The Starry Night (1889), public domain"
-style great-wave wave.jpg 512 compact "Great Wave" "Katsushika Hokusai, The Great Wave off Kanagawa (c. 1831), public domain" --colour-weight 300
+style great-wave wave.jpg 512 compact "Great Wave" "Katsushika Hokusai, The Great Wave off Kanagawa (c. 1831), public domain" --colour-weight 300 --style-weight 1.5 --tv-weight 30
 style the-scream the_scream.jpg 256 compact "The Scream" "Edvard Munch, The Scream (1893), public domain" none
 style composition-vii composition_vii.jpg 512 compact "Composition VII" "Wassily Kandinsky, Composition VII (1913), public domain"
 style udnie udnie.jpg 256 compact "Udnie" "Francis Picabia, Udnie (1913), public domain"

@@ -26,11 +26,24 @@ def conv_layers(net: nn.Module) -> list[nn.Conv2d]:
     return [m for m in net.modules() if isinstance(m, nn.Conv2d)]
 
 
+RANGE_QUANTILE = 0.9  # of the calibration images' per-image maxima (and 1 - it of the minima)
+
+
+def quantile(values: list[float], q: float) -> float:
+    """The ``q`` quantile of ``values``, linearly interpolated (numpy's default)."""
+    ordered = sorted(values)
+    position = q * (len(ordered) - 1)
+    below = int(position)
+    above = min(below + 1, len(ordered) - 1)
+    return ordered[below] + (position - below) * (ordered[above] - ordered[below])
+
+
 def calibrate(net: nn.Module, images: Iterable[torch.Tensor]) -> list[list[float]]:
     """(low, high) of each convolution's input over (1, 3, H, W) images in [0, 1].
 
-    A layer's range is the mean over images of each image's own minimum and maximum: rare
-    extremes are clipped rather than coarsening every other value.
+    A layer's range runs from the 10th percentile of the images' own minima to the 90th of their
+    maxima: a rare extreme is clipped rather than coarsening every other value, but a layer that
+    runs high on a few kinds of image (bright smooth areas) is not clipped on them.
     """
     convs = conv_layers(net)
     lows: list[list[float]] = [[] for _ in convs]
@@ -53,8 +66,10 @@ def calibrate(net: nn.Module, images: Iterable[torch.Tensor]) -> list[list[float
             h.remove()
     if not lows[0]:
         raise CalibrationError("no calibration images")
+    # The mean of the maxima (used until session 16) clipped Great Wave's bright cup rim in the tiled
+    # path of a 15 MP photo: 30.7 dB against fp32, a grey ring; the 90th percentile: 36.8 dB.
     ranges = [
-        [min(0.0, sum(lo) / len(lo)), max(sum(hi) / len(hi), 1e-3)]
+        [min(0.0, quantile(lo, 1 - RANGE_QUANTILE)), max(quantile(hi, RANGE_QUANTILE), 1e-3)]
         for lo, hi in zip(lows, highs, strict=True)
     ]
     # The input layer sees the image itself: [0, 1] in 255 steps is exact for 8-bit images.

@@ -90,6 +90,27 @@ def test_calibration_measures_every_convolution_input():
     assert (a - b).abs().mean() < 0.05 * a.abs().mean()
 
 
+def test_calibration_keeps_the_range_that_a_few_bright_images_need():
+    # Eight dim photos and two bright ones: the range follows the 90th percentile of the images'
+    # maxima, so the bright ones (a white cup rim) are not clipped to the dim ones' mean.
+    torch.manual_seed(2)
+    net = build_network("style", width="compact").eval()
+    images = [0.1 * torch.rand(1, 3, 32, 32) for _ in range(8)] + [
+        torch.rand(1, 3, 32, 32) for _ in range(2)
+    ]
+    maxima = []
+    hook = conv_layers(net)[1].register_forward_pre_hook(
+        lambda module, inputs: maxima.append(float(inputs[0].max()))
+    )
+    with torch.no_grad():
+        for image in images:
+            net(image)
+    hook.remove()
+    high = calibrate(net, images)[1][1]
+    assert high == pytest.approx(float(np.quantile(maxima, 0.9)), rel=1e-6)
+    assert high > np.mean(maxima)
+
+
 def test_a_damaged_calibration_is_a_clear_error(models_dir):
     net, info = load_model(models_dir / "tiny.impasto")
     with pytest.raises(CalibrationError, match="2 ranges for 16 convolutions"):
