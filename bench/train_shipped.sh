@@ -50,8 +50,10 @@ style() {  # style NAME FILE STYLE_SIZE WIDTH "DISPLAY NAME" "CREDIT" [SHAPE ARG
     local first="$out/runs/$name-paper.impasto" final="$out/models/$name.impasto"
     local about=(--name "$name" --style-image "$data/styles/$file" --width "$width" "${lossnet[@]}"
                  --display-name "$display" --credit "$credit" --description "Restyles a photo after $credit")
+    local first_seconds=$((seconds - shape_seconds))
+    [ "${1:-}" = none ] && first_seconds=$seconds  # no shape phase: the whole budget
     (
-        run_to "$first" "$name-paper" $((seconds - shape_seconds)) style "${about[@]}" \
+        run_to "$first" "$name-paper" "$first_seconds" style "${about[@]}" \
             --style-weight "${STYLE_WEIGHT:-1e9}" --colour-weight "${COLOUR:-1e7}" --style-size 256 \
             --steps "$steps" "${sizes[@]}"
         if [ "${1:-}" = none ]; then cp "$first" "$final"

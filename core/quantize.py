@@ -29,13 +29,8 @@ def conv_layers(net: nn.Module) -> list[nn.Conv2d]:
 RANGE_QUANTILE = 0.9  # of the calibration images' per-image maxima (and 1 - it of the minima)
 
 
-def quantile(values: list[float], q: float) -> float:
-    """The ``q`` quantile of ``values``, linearly interpolated (numpy's default)."""
-    ordered = sorted(values)
-    position = q * (len(ordered) - 1)
-    below = int(position)
-    above = min(below + 1, len(ordered) - 1)
-    return ordered[below] + (position - below) * (ordered[above] - ordered[below])
+def _quantile(values: list[float], q: float) -> float:
+    return torch.tensor(values, dtype=torch.float64).quantile(q).item()  # linear, as numpy's
 
 
 def calibrate(net: nn.Module, images: Iterable[torch.Tensor]) -> list[list[float]]:
@@ -69,7 +64,7 @@ def calibrate(net: nn.Module, images: Iterable[torch.Tensor]) -> list[list[float
     # The mean of the maxima (used until session 16) clipped Great Wave's bright cup rim in the tiled
     # path of a 15 MP photo: 30.7 dB against fp32, a grey ring; the 90th percentile: 36.8 dB.
     ranges = [
-        [min(0.0, quantile(lo, 1 - RANGE_QUANTILE)), max(quantile(hi, RANGE_QUANTILE), 1e-3)]
+        [min(0.0, _quantile(lo, 1 - RANGE_QUANTILE)), max(_quantile(hi, RANGE_QUANTILE), 1e-3)]
         for lo, hi in zip(lows, highs, strict=True)
     ]
     # The input layer sees the image itself: [0, 1] in 255 steps is exact for 8-bit images.
